@@ -1,0 +1,22 @@
+//! Options shared by several commands, defined once so they mean the same
+//! everywhere (cargo's command prelude).
+
+use std::path::PathBuf;
+
+/// Where images are pushed to and pulled from.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RegistryOpt {
+    /// Registry host[:port] for pushes and pulls. Plain HTTP is used for
+    /// loopback hosts (localhost, 127.0.0.0/8, [::1]), HTTPS otherwise.
+    #[arg(long, env = "BOTTLE_REGISTRY", default_value = "localhost:5000", value_name = "HOST[:PORT]")]
+    pub registry: String,
+}
+
+/// Which project (the folder holding `agents/`) a command works on.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProjectOpt {
+    /// Project root (the folder with `agents/`, `images/`, `lockfiles/`).
+    /// Default: the nearest ancestor of the current directory that has `agents/`.
+    #[arg(long, env = "BOTTLE_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+}

@@ -1,0 +1,106 @@
+//! The command line: the only layer that parses arguments, prints, prompts and
+//! chooses exit codes. Each command is a file with its `Args` and a short
+//! `exec` that calls one operation in the library (cargo's pattern).
+//!
+//! Stdout carries only a command's result (a reference, JSON); progress and
+//! human detail go to stderr, so `ref=$(bottle lock hello)` works in scripts.
+
+mod common;
+mod error;
+
+mod check;
+mod export;
+mod gc;
+mod import;
+mod lock;
+mod proxy;
+mod ps;
+mod push;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+pub use error::CliError;
+
+/// Result of a command: the process exit code on success (`check` and `run`
+/// return non-zero codes without that being an error of `bottle` itself).
+pub type CliResult = Result<u8, CliError>;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bottle",
+    version,
+    about = "Build and run sandboxed, reproducible containers for AI coding agents",
+    long_about = "bottle builds a content-hashed lockfile and a bit-for-bit reproducible OCI image \
+from an agent manifest (agents/<agent>/bottle.json), and runs that exact image by digest on its own \
+internal network whose only way out is an egress sidecar that allows only the locked hosts.",
+    after_help = "Start with:\n  bottle lock hello            build and push the example agent, print hello@sha256:…\n  bottle run --yes hello -- id run a command in it behind its egress sidecar"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Resolve an agent manifest, build its image reproducibly, push it, write the lockfile; prints <agent>@sha256:…
+    Lock(lock::Args),
+    /// CI gate: is each lockfile up to date, and does a rebuild from it give the same digest? (exit 0/1)
+    Check(check::Args),
+    /// Run a locked bottle by digest behind its egress sidecar: <agent> | <agent>@sha256:… | <registry>/<repo>@sha256:…
+    Run(run::Args),
+    /// List running bottles
+    Ps(ps::Args),
+    /// Remove containers and networks left behind by bottles whose owning process is gone
+    Gc(gc::Args),
+    /// Copy a locked image to another registry; the digest does not change
+    Push(push::Args),
+    /// Write a locked image to an OCI archive (-o FILE.tar); the digest does not change
+    Export(export::Args),
+    /// Load an OCI archive written by `bottle export` into the registry
+    Import(import::Args),
+    /// The builtin egress sidecar: a strict allowlist forward proxy (runs inside its container)
+    Proxy(proxy::Args),
+}
+
+/// Parse, run, and map the outcome to an exit code in one place.
+pub fn main() -> std::process::ExitCode {
+    // rustls needs one process-wide crypto provider; ring keeps the build free
+    // of C toolchains beyond what the machine has.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(3);
+        }
+    };
+    let result = runtime.block_on(dispatch(cli.command));
+    // Do not wait for stray blocking tasks (e.g. a stdin reader) on the way out.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(err) => {
+            err.report();
+            std::process::ExitCode::from(err.code())
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> CliResult {
+    match command {
+        Command::Lock(a) => lock::exec(a).await,
+        Command::Check(a) => check::exec(a).await,
+        Command::Run(a) => run::exec(a).await,
+        Command::Ps(a) => ps::exec(a).await,
+        Command::Gc(a) => gc::exec(a).await,
+        Command::Push(a) => push::exec(a).await,
+        Command::Export(a) => export::exec(a).await,
+        Command::Import(a) => import::exec(a).await,
+        Command::Proxy(a) => proxy::exec(a).await,
+    }
+}

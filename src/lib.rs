@@ -1,0 +1,12 @@
+//! bottle: a reproducible builder and runner of sandboxed containers for AI
+//! coding agents.
+//!
+//! The core is pure (manifest → lock → image bytes; policy → run plan) and is
+//! tested with plain unit tests; effects (registry, engine, sockets) sit at the
+//! edges, each behind one module. Only `cli` prints, prompts or exits.
+
+pub mod cli;
+pub mod error;
+pub mod host;
+pub mod oci;
+pub mod policy;
