@@ -21,14 +21,16 @@
 //! readiness line is written once listening. There is no admin, metrics or
 //! DNS endpoint: the listening socket speaks only the proxy protocol.
 
+mod framing;
 mod relay;
 pub mod sni;
 pub mod target;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -125,8 +127,10 @@ pub enum Resolver {
     /// The system resolver (getaddrinfo), as in the sidecar container.
     System,
     /// A fixed table; names not in it do not resolve. For tests, so they
-    /// never depend on (or send traffic to) real DNS.
-    Static(HashMap<String, Vec<IpAddr>>),
+    /// never depend on (or send traffic to) real DNS. An entry's port 0 means
+    /// "the port asked for"; any other port redirects there (a test upstream
+    /// on an ephemeral port stands in for port 443).
+    Static(HashMap<String, Vec<SocketAddr>>),
 }
 
 impl Resolver {
@@ -138,7 +142,15 @@ impl Resolver {
                 .map_err(|e| e.to_string()),
             Resolver::Static(map) => map
                 .get(host)
-                .map(|ips| ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect())
+                .map(|addrs| {
+                    addrs
+                        .iter()
+                        .map(|a| match a.port() {
+                            0 => SocketAddr::new(a.ip(), port),
+                            _ => *a,
+                        })
+                        .collect()
+                })
                 .ok_or_else(|| "name does not resolve".to_string()),
         }
     }
@@ -373,9 +385,12 @@ pub async fn serve(
 async fn serve_connection(proxy: Arc<Proxy>, stream: TcpStream) {
     let started = Instant::now();
     let p = proxy.clone();
+    let ambiguous = Arc::new(AtomicBool::new(false));
+    let flag = ambiguous.clone();
     let service = hyper::service::service_fn(move |req| {
         let p = p.clone();
-        async move { Ok::<_, Infallible>(handle(p, req).await) }
+        let flag = flag.clone();
+        async move { Ok::<_, Infallible>(handle(p, req, &flag).await) }
     });
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -383,7 +398,10 @@ async fn serve_connection(proxy: Arc<Proxy>, stream: TcpStream) {
         .max_buf_size(proxy.settings.max_header_bytes.max(8192))
         .max_headers(100)
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(
+            TokioIo::new(framing::Watched::new(stream, ambiguous)),
+            service,
+        )
         .with_upgrades()
         .await;
     if let Err(e) = result {
@@ -402,7 +420,24 @@ async fn serve_connection(proxy: Arc<Proxy>, stream: TcpStream) {
     }
 }
 
-async fn handle(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    proxy: Arc<Proxy>,
+    req: Request<Incoming>,
+    ambiguous: &AtomicBool,
+) -> Response<Body> {
+    if ambiguous.load(Ordering::SeqCst) {
+        // Whatever this request is, a head on this connection had ambiguous
+        // framing: answer 400 and close before acting on anything.
+        let started = Instant::now();
+        let reason =
+            "ambiguous framing: duplicate Content-Length or Content-Length with Transfer-Encoding";
+        proxy.decide("deny", reason, "-", "", 0, 0, 0, started);
+        return text_response(
+            StatusCode::BAD_REQUEST,
+            &format!("bottle proxy: {reason}"),
+            true,
+        );
+    }
     if req.method() == Method::CONNECT {
         handle_connect(proxy, req).await
     } else {
