@@ -142,3 +142,60 @@ async fn engine_pulls_by_digest_from_loopback_registry_and_runs_it() {
         std::panic::resume_unwind(p);
     }
 }
+
+/// Engine 20.10 cannot load OCI archives; ours doubles as a `docker load`
+/// archive. Loaded through bollard (no registry), the image ID is our config
+/// digest and the image runs.
+#[tokio::test]
+async fn engine_loads_the_docker_archive_and_runs_it() {
+    if !common::require_busybox() {
+        return;
+    }
+    let Some(docker) = common::require_docker().await else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(cache.path()).unwrap();
+    let mut spec = common::busybox_spec();
+    // A label unique to this test, so its image ID differs from the pull test's.
+    spec.config
+        .labels
+        .insert(common::TEST_LABEL.into(), "archive".into());
+    let image = build(&spec, &store).unwrap();
+    let tag = format!("bottle-test/archive:{}", std::process::id());
+    let bytes =
+        bottle::oci::archive::archive_bytes(&image, &store, std::slice::from_ref(&tag)).unwrap();
+    let container = format!("bottle-test-oci-archive-{}", std::process::id());
+
+    let body = AssertUnwindSafe(async {
+        let opts = bollard::query_parameters::ImportImageOptions {
+            quiet: true,
+            ..Default::default()
+        };
+        let mut s = docker.import_image(opts, bollard::body_full(bytes.into()), None);
+        while let Some(item) = s.next().await {
+            item.expect("docker load");
+        }
+        let inspect = docker.inspect_image(&tag).await.unwrap();
+        assert_eq!(inspect.id.as_deref(), Some(image.config_digest.as_str()));
+        let (code, out) = run_echo(&docker, &tag, &container).await.unwrap();
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(out.trim(), "hello from a bottle-built image");
+    })
+    .catch_unwind()
+    .await;
+
+    let rm = RemoveContainerOptions {
+        force: true,
+        ..Default::default()
+    };
+    let _ = docker.remove_container(&container, Some(rm)).await;
+    let opts = RemoveImageOptions {
+        force: true,
+        ..Default::default()
+    };
+    let _ = docker.remove_image(&tag, Some(opts), None).await;
+    if let Err(p) = body {
+        std::panic::resume_unwind(p);
+    }
+}
