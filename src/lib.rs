@@ -11,3 +11,5 @@ pub mod error;
 pub mod host;
 pub mod oci;
 pub mod policy;
+pub mod progress;
+pub mod registry;
