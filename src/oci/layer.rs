@@ -276,14 +276,22 @@ fn spec_key(
 
 /// Counts what a reader yields, so a file that shrank or grew while being
 /// archived is caught instead of producing a tar whose header lies.
-struct Counting<R> {
+/// Read errors are re-labelled with the source path, because the tar writer
+/// reports them as its own.
+struct Counting<'a, R> {
     inner: R,
     n: u64,
+    path: &'a Path,
 }
 
-impl<R: Read> Read for Counting<R> {
+impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let k = self.inner.read(buf)?;
+        let k = self.inner.read(buf).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot read {}: {e}", self.path.display()),
+            )
+        })?;
         self.n += k as u64;
         Ok(k)
     }
@@ -334,6 +342,7 @@ fn write_planned<W: Write>(
                 let mut reader = Counting {
                     inner: file.take(len),
                     n: 0,
+                    path: src,
                 };
                 tar.append_data(&mut h, path, &mut reader).map_err(werr)?;
                 let grew = reader
