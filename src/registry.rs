@@ -331,6 +331,45 @@ impl RegistryClient {
         Ok(stats)
     }
 
+    /// Push raw manifest (or image index) bytes to `repo` under `reference`
+    /// (a tag, or the bytes' own `sha256:` digest). Returns the digest of
+    /// the bytes. The blobs it names must already be in the registry.
+    pub async fn push_manifest_bytes(
+        &self,
+        repo: &str,
+        reference: &str,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<Digest, RegistryError> {
+        let digest = sha256_digest(bytes);
+        let sep = if reference.starts_with("sha256:") {
+            "@"
+        } else {
+            ":"
+        };
+        let text = format!("{}/{repo}{sep}{reference}", self.registry);
+        let r: Reference =
+            text.parse()
+                .map_err(|e: oci_client::ParseError| RegistryError::BadReference {
+                    reference: text.clone(),
+                    reason: e.to_string(),
+                })?;
+        let content_type = hyper::header::HeaderValue::from_str(media_type).map_err(|_| {
+            RegistryError::BadReference {
+                reference: text.clone(),
+                reason: format!("media type `{media_type}` is not a valid header value"),
+            }
+        })?;
+        self.client
+            .store_auth_if_needed(&self.registry, &RegistryAuth::Anonymous)
+            .await;
+        self.client
+            .push_manifest_raw(&r, bytes.to_vec(), content_type)
+            .await
+            .map_err(|e| self.classify(format!("push manifest {text}"), e))?;
+        Ok(digest)
+    }
+
     /// Is the manifest `digest` in `repo`? (A HEAD; `lock` uses it to see
     /// whether the registry lost an image it should have.)
     pub async fn manifest_exists(&self, repo: &str, digest: &str) -> Result<bool, RegistryError> {
