@@ -305,7 +305,13 @@ impl RegistryClient {
             stats.bytes_uploaded += size;
         }
 
-        let content_type = http_header(media::OCI_MANIFEST);
+        let media_type = image.manifest_media_type();
+        let content_type = hyper::header::HeaderValue::from_str(&media_type).map_err(|_| {
+            OciError::Unsupported {
+                what: format!("manifest {}", image.manifest_digest),
+                reason: format!("media type `{media_type}` is not a valid header value"),
+            }
+        })?;
         self.client
             .push_manifest_raw(&by_digest, image.manifest.clone(), content_type.clone())
             .await
@@ -323,6 +329,45 @@ impl RegistryClient {
                 .map_err(|e| self.classify(format!("tag {repo}:{}", tag.unwrap_or_default()), e))?;
         }
         Ok(stats)
+    }
+
+    /// Push raw manifest (or image index) bytes to `repo` under `reference`
+    /// (a tag, or the bytes' own `sha256:` digest). Returns the digest of
+    /// the bytes. The blobs it names must already be in the registry.
+    pub async fn push_manifest_bytes(
+        &self,
+        repo: &str,
+        reference: &str,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<Digest, RegistryError> {
+        let digest = sha256_digest(bytes);
+        let sep = if reference.starts_with("sha256:") {
+            "@"
+        } else {
+            ":"
+        };
+        let text = format!("{}/{repo}{sep}{reference}", self.registry);
+        let r: Reference =
+            text.parse()
+                .map_err(|e: oci_client::ParseError| RegistryError::BadReference {
+                    reference: text.clone(),
+                    reason: e.to_string(),
+                })?;
+        let content_type = hyper::header::HeaderValue::from_str(media_type).map_err(|_| {
+            RegistryError::BadReference {
+                reference: text.clone(),
+                reason: format!("media type `{media_type}` is not a valid header value"),
+            }
+        })?;
+        self.client
+            .store_auth_if_needed(&self.registry, &RegistryAuth::Anonymous)
+            .await;
+        self.client
+            .push_manifest_raw(&r, bytes.to_vec(), content_type)
+            .await
+            .map_err(|e| self.classify(format!("push manifest {text}"), e))?;
+        Ok(digest)
     }
 
     /// Is the manifest `digest` in `repo`? (A HEAD; `lock` uses it to see
@@ -636,10 +681,6 @@ fn choose_platform(
             available.join(", ")
         },
     })
-}
-
-fn http_header(v: &'static str) -> hyper::header::HeaderValue {
-    hyper::header::HeaderValue::from_static(v)
 }
 
 /// Read a blob file in 1 MiB chunks as a stream, ticking the bar.
