@@ -8,5 +8,9 @@
 pub mod cli;
 pub mod error;
 pub mod host;
+pub mod engine;
 pub mod oci;
+pub mod plan;
 pub mod policy;
+pub mod reference;
+pub mod runner;
