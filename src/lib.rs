@@ -6,9 +6,9 @@
 //! edges, each behind one module. Only `cli` prints, prompts or exits.
 
 pub mod cli;
+pub mod engine;
 pub mod error;
 pub mod host;
-pub mod engine;
 pub mod oci;
 pub mod plan;
 pub mod policy;

@@ -387,7 +387,12 @@ impl RunPlan {
                 EnvValue::Host { from, set } => Some(if from == &e.name {
                     format!("{}{}", e.name, if *set { "" } else { " (unset)" })
                 } else {
-                    format!("{} (from {}){}", e.name, from, if *set { "" } else { " (unset)" })
+                    format!(
+                        "{} (from {}){}",
+                        e.name,
+                        from,
+                        if *set { "" } else { " (unset)" }
+                    )
                 }),
                 EnvValue::Fixed(_) => None,
             })
@@ -412,7 +417,10 @@ impl RunPlan {
                 .unwrap_or_else(|| self.sidecar.image.image.clone())
         ));
         if let Some(w) = &self.container.workspace {
-            out.push(format!("  workspace: {} -> /workspace (read-write)", w.display()));
+            out.push(format!(
+                "  workspace: {} -> /workspace (read-write)",
+                w.display()
+            ));
         }
         out.push(format!(
             "  limits: {} MiB memory, {} CPUs, {} pids",
@@ -552,7 +560,10 @@ mod tests {
         );
         // Order of the input does not matter; the first three are sorted.
         nine.reverse();
-        assert!(egress_summary(&nine).starts_with("9 hosts allowed (api.anthropic.com, api.openai.com, claude.ai,"));
+        assert!(
+            egress_summary(&nine)
+                .starts_with("9 hosts allowed (api.anthropic.com, api.openai.com, claude.ai,")
+        );
         assert_eq!(egress_summary(&["a.com".into()]), "1 host allowed (a.com)");
         assert_eq!(
             egress_summary(&["b.com".into(), "a.com".into(), "c.com".into()]),
@@ -577,7 +588,10 @@ mod tests {
         assert_eq!(p.networks.internal, "bottle-hello-0a1b2c3d-net");
         assert_eq!(p.networks.egress, "bottle-hello-0a1b2c3d-egress");
         assert!(p.networks.egress_created);
-        assert_eq!(p.container.user, FALLBACK_USER, "root images run unprivileged");
+        assert_eq!(
+            p.container.user, FALLBACK_USER,
+            "root images run unprivileged"
+        );
         let fixed = |n: &str| {
             p.container
                 .env
@@ -604,16 +618,29 @@ mod tests {
         assert!(lines.contains(
             "env: CLAUDE_CODE_OAUTH_TOKEN (from CLAUDE_BOTTLE_OAUTH_TOKEN) (unset), GITHUB_TOKEN, OTHER (unset)"
         ), "{lines}");
-        assert!(lines.contains("egress: 7 hosts allowed (api.anthropic.com, claude.ai, console.anthropic.com, +4 more)"));
+        assert!(lines.contains(
+            "egress: 7 hosts allowed (api.anthropic.com, claude.ai, console.anthropic.com, +4 more)"
+        ));
         assert!(lines.contains("ssh: port 22 to github.com"));
         assert!(lines.contains("limits: 4096 MiB memory, 2 CPUs, 512 pids"));
         assert!(lines.contains("sha256:aaaaaaaaaaaa, 3.0 MiB"));
         for (k, _) in &p.container.labels {
             assert!(k.starts_with("dev.bottle."));
         }
-        assert!(p.container.labels.contains(&(LABEL_ROLE.into(), "agent".into())));
-        assert!(p.sidecar.labels.contains(&(LABEL_ROLE.into(), "sidecar".into())));
-        assert!(p.network_labels().contains(&(LABEL_ROLE.into(), "network".into())));
+        assert!(
+            p.container
+                .labels
+                .contains(&(LABEL_ROLE.into(), "agent".into()))
+        );
+        assert!(
+            p.sidecar
+                .labels
+                .contains(&(LABEL_ROLE.into(), "sidecar".into()))
+        );
+        assert!(
+            p.network_labels()
+                .contains(&(LABEL_ROLE.into(), "network".into()))
+        );
         assert!(p.container.dns.is_empty());
     }
 
@@ -637,7 +664,14 @@ mod tests {
             &id(),
         )
         .unwrap();
-        assert_eq!(p.limits, Limits { memory_mib: 256, cpu_millis: 500, pids: 64 });
+        assert_eq!(
+            p.limits,
+            Limits {
+                memory_mib: 256,
+                cpu_millis: 500,
+                pids: 64
+            }
+        );
         assert_eq!(p.sidecar.trusted, vec!["api.anthropic.com".to_string()]);
         assert_eq!(p.networks.egress, "mine");
         assert!(!p.networks.egress_created);
@@ -649,14 +683,32 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            plan(&policy(sorted(DEFAULT_ALLOW)), facts(), side(), &bad, &BTreeSet::new(), &id()).unwrap_err(),
+            plan(
+                &policy(sorted(DEFAULT_ALLOW)),
+                facts(),
+                side(),
+                &bad,
+                &BTreeSet::new(),
+                &id()
+            )
+            .unwrap_err(),
             PlanError::TrustNotAllowed("evil.example".into())
         );
         let zero = RunOptions {
             pids: Some(0),
             ..Default::default()
         };
-        assert!(plan(&policy(vec![]), facts(), side(), &zero, &BTreeSet::new(), &id()).is_err());
+        assert!(
+            plan(
+                &policy(vec![]),
+                facts(),
+                side(),
+                &zero,
+                &BTreeSet::new(),
+                &id()
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -664,12 +716,25 @@ mod tests {
         // SAFETY-free: the plan never reads the environment, so a value can
         // only appear if it were passed in; we pass only names and check
         // that the serialized plan has no value field for host variables.
-        let host: BTreeSet<String> = [OAUTH_HOST_VAR.to_string(), "GITHUB_TOKEN".to_string()].into();
-        let p = plan(&policy(vec![]), facts(), side(), &RunOptions::default(), &host, &id()).unwrap();
+        let host: BTreeSet<String> =
+            [OAUTH_HOST_VAR.to_string(), "GITHUB_TOKEN".to_string()].into();
+        let p = plan(
+            &policy(vec![]),
+            facts(),
+            side(),
+            &RunOptions::default(),
+            &host,
+            &id(),
+        )
+        .unwrap();
         let json = serde_json::to_value(&p).unwrap();
         for e in json["container"]["env"].as_array().unwrap() {
             if let Some(h) = e["value"].get("host") {
-                assert_eq!(h.as_object().unwrap().len(), 2, "only `from` and `set`: {h}");
+                assert_eq!(
+                    h.as_object().unwrap().len(),
+                    2,
+                    "only `from` and `set`: {h}"
+                );
             }
         }
     }

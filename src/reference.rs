@@ -24,13 +24,17 @@ pub enum Reference {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReferenceError {
-    #[error("reference is empty; expected <agent>, <agent>@sha256:<hex> or <registry>/<repo>@sha256:<hex>")]
+    #[error(
+        "reference is empty; expected <agent>, <agent>@sha256:<hex> or <registry>/<repo>@sha256:<hex>"
+    )]
     Empty,
     #[error(
         "reference `{0}` names a tag; a bottle runs by digest: use `<agent>` (digest from its lockfile) or `…@sha256:<64 hex>`"
     )]
     Tag(String),
-    #[error("reference `{0}` has a bad digest; expected `sha256:` followed by 64 lowercase hex digits")]
+    #[error(
+        "reference `{0}` has a bad digest; expected `sha256:` followed by 64 lowercase hex digits"
+    )]
     Digest(String),
     #[error(
         "reference `{0}` has a bad name; agent and repository path components are lowercase letters, digits, `.`, `_`, `-`"
@@ -128,7 +132,9 @@ impl fmt::Display for Reference {
 /// `sha256:` + 64 lowercase hex.
 pub fn is_digest(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64 && h.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        h.len() == 64
+            && h.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
     })
 }
 
@@ -159,7 +165,10 @@ mod tests {
 
     #[test]
     fn the_three_forms() {
-        assert_eq!(Reference::parse("hello"), Ok(Reference::Agent("hello".into())));
+        assert_eq!(
+            Reference::parse("hello"),
+            Ok(Reference::Agent("hello".into()))
+        );
         assert_eq!(
             Reference::parse(&format!("hello@{D}")),
             Ok(Reference::AgentDigest {
@@ -208,7 +217,10 @@ mod tests {
             Reference::parse(&format!("hello@sha512:{}", &D[7..])),
             Err(ReferenceError::Digest(_))
         ));
-        assert!(matches!(Reference::parse("Hello"), Err(ReferenceError::Name(_))));
+        assert!(matches!(
+            Reference::parse("Hello"),
+            Err(ReferenceError::Name(_))
+        ));
         assert!(matches!(Reference::parse(""), Err(ReferenceError::Empty)));
         assert!(matches!(
             Reference::parse(&format!("bottle/hello@{D}")),

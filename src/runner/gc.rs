@@ -1,0 +1,103 @@
+//! `bottle ps` and `bottle gc`: find every labeled container and network,
+//! group them by run, decide from the owner labels whether the owning
+//! process is still alive, and remove the leftovers of dead runs in the
+//! teardown order (agent, sidecar, networks). A live run is never touched.
+
+use std::collections::BTreeMap;
+
+use bollard::Docker;
+use serde::Serialize;
+
+use super::owner;
+use crate::engine::{self, EngineError, Labeled, ObjectKind};
+use crate::plan::{
+    LABEL_AGENT, LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_ROLE, LABEL_RUN,
+    LABEL_STARTED,
+};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    pub run_id: String,
+    pub agent: String,
+    pub owner_pid: Option<u32>,
+    pub owner_host: Option<String>,
+    pub owner_alive: bool,
+    pub started: Option<u64>,
+    pub containers: Vec<ContainerInfo>,
+    pub networks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerInfo {
+    pub name: String,
+    pub role: String,
+    pub state: String,
+}
+
+pub fn group(objects: Vec<Labeled>) -> Vec<RunInfo> {
+    let mut runs: BTreeMap<String, RunInfo> = BTreeMap::new();
+    for o in objects {
+        let Some(run_id) = o.labels.get(LABEL_RUN).cloned() else {
+            continue;
+        };
+        let get = |k: &str| o.labels.get(k).cloned();
+        let entry = runs.entry(run_id.clone()).or_insert_with(|| {
+            let pid = get(LABEL_OWNER_PID).and_then(|p| p.parse().ok());
+            let start = get(LABEL_OWNER_START).and_then(|p| p.parse().ok());
+            let host = get(LABEL_OWNER_HOST);
+            RunInfo {
+                run_id: run_id.clone(),
+                agent: get(LABEL_AGENT).unwrap_or_default(),
+                owner_pid: pid,
+                owner_alive: owner::owner_alive(pid, start, host.as_deref()),
+                owner_host: host,
+                started: get(LABEL_STARTED).and_then(|s| s.parse().ok()),
+                containers: vec![],
+                networks: vec![],
+            }
+        });
+        match o.kind {
+            ObjectKind::Container => entry.containers.push(ContainerInfo {
+                role: get(LABEL_ROLE).unwrap_or_default(),
+                name: o.name,
+                state: o.state,
+            }),
+            ObjectKind::Network => entry.networks.push(o.name),
+        }
+    }
+    let mut out: Vec<RunInfo> = runs.into_values().collect();
+    for r in &mut out {
+        // Teardown order: agent before sidecar; egress network before internal.
+        r.containers
+            .sort_by_key(|c| (c.role != "agent", c.name.clone()));
+        r.networks
+            .sort_by_key(|n| (!n.ends_with("-egress"), n.clone()));
+    }
+    out
+}
+
+/// Every bottle on this engine, live or not.
+pub async fn ps(docker: &Docker) -> Result<Vec<RunInfo>, EngineError> {
+    Ok(group(engine::list_labeled(docker, LABEL_RUN).await?))
+}
+
+/// Remove (or, with `dry_run`, list) the runs whose owner is gone.
+pub async fn gc(docker: &Docker, dry_run: bool) -> Result<Vec<RunInfo>, EngineError> {
+    let dead: Vec<RunInfo> = ps(docker)
+        .await?
+        .into_iter()
+        .filter(|r| !r.owner_alive)
+        .collect();
+    if dry_run {
+        return Ok(dead);
+    }
+    for r in &dead {
+        for c in &r.containers {
+            engine::remove_container(docker, &c.name).await?;
+        }
+        for n in &r.networks {
+            engine::remove_network(docker, n).await?;
+        }
+    }
+    Ok(dead)
+}
