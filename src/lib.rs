@@ -12,5 +12,7 @@ pub mod host;
 pub mod oci;
 pub mod plan;
 pub mod policy;
+pub mod progress;
 pub mod reference;
+pub mod registry;
 pub mod runner;
