@@ -1,0 +1,1 @@
+//! The builtin sidecar image (placeholder until the `oci` builder lands).
