@@ -38,8 +38,8 @@ pub const OAUTH_AGENT_VAR: &str = "CLAUDE_CODE_OAUTH_TOKEN";
 pub const SIDECAR_PORT: u16 = 8888;
 /// Where the per-run sidecar config is uploaded (an anonymous volume: the
 /// sidecar's root filesystem is read-only, and the engine refuses uploads there).
-pub const SIDECAR_CONFIG_DIR: &str = "/run/bottle";
-pub const SIDECAR_CONFIG_PATH: &str = "/run/bottle/egress.yaml";
+pub const SIDECAR_CONFIG_DIR: &str = "/etc/bottle";
+pub const SIDECAR_CONFIG_PATH: &str = crate::egress::CONFIG_PATH_IN_CONTAINER;
 /// Unprivileged uid used when an image's own user is root or unset.
 pub const FALLBACK_USER: &str = "65534:65534";
 

@@ -65,6 +65,10 @@ pub struct Args {
     #[arg(long, env = "BOTTLE_ALLOW_UNPATCHED_ENGINE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
     allow_unpatched_engine: bool,
 
+    /// Sidecar image to use instead of the default, pinned by digest (<registry>/<repo>@sha256:…)
+    #[arg(long, env = "BOTTLE_SIDECAR_IMAGE", value_name = "REF")]
+    sidecar_image: Option<String>,
+
     #[command(flatten)]
     registry: RegistryOpt,
 
@@ -111,7 +115,18 @@ pub async fn exec(args: Args) -> CliResult {
         trust_hosts: args.trust_hosts.clone(),
         dns_mitigation: false,
     };
+    if let Some(img) = &args.sidecar_image {
+        let pinned = img
+            .split_once('@')
+            .is_some_and(|(_, d)| crate::reference::is_digest(d));
+        if !pinned {
+            return Err(CliError::usage(format!(
+                "--sidecar-image `{img}` must be pinned by digest (<registry>/<repo>@sha256:<64 hex>)"
+            )));
+        }
+    }
     let request = Request {
+        sidecar_image: args.sidecar_image.clone(),
         reference,
         registry: args.registry.registry.clone(),
         root: args.project.root.clone(),

@@ -78,6 +78,8 @@ pub enum RunError {
     },
     #[error("the builtin sidecar image is not available: {0}")]
     BuiltinSidecar(String),
+    #[error(transparent)]
+    Egress(#[from] crate::egress::EgressError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -99,6 +101,7 @@ impl crate::error::Classify for RunError {
         use crate::error::ExitKind;
         match self {
             RunError::Engine(e) => e.exit_kind(),
+            RunError::Egress(e) => e.exit_kind(),
             RunError::Plan(e) => e.exit_kind(),
             RunError::Policy { .. }
             | RunError::Lockfile { .. }
@@ -119,6 +122,8 @@ pub struct Request {
     pub root: Option<PathBuf>,
     pub options: RunOptions,
     pub allow_unpatched_engine: bool,
+    /// Use this sidecar image (`repo@sha256:…`) instead of the default.
+    pub sidecar_image: Option<String>,
 }
 
 /// Where the image lives and which digest it must have.
@@ -293,7 +298,7 @@ pub fn dry_run(req: &Request) -> Result<(RunPlan, String), RunError> {
         &host_env_names(),
         &identity(),
     )?;
-    let config = sidecar::config(&p);
+    let config = sidecar::config(&policy, &p)?;
     Ok((p, config))
 }
 
@@ -346,9 +351,18 @@ pub async fn prepare(
     )?;
 
     let kind = plan::sidecar_kind(&policy, &req.options);
-    let side = match kind {
-        SidecarKind::Builtin => builtin_sidecar(&docker).await?,
-        SidecarKind::Pipelock => {
+    let side = match (kind, &req.sidecar_image) {
+        (_, Some(image)) => {
+            engine::pull(&docker, image, &mut *progress).await?;
+            let i = engine::inspect_image(&docker, image).await?;
+            SidecarImage {
+                digest: image.split_once('@').map(|(_, d)| d.to_string()),
+                image: image.clone(),
+                user: i.user,
+            }
+        }
+        (SidecarKind::Builtin, None) => builtin_sidecar(&docker).await?,
+        (SidecarKind::Pipelock, None) => {
             let image = policy
                 .sidecar
                 .image
@@ -381,7 +395,7 @@ pub async fn prepare(
         &host_env_names(),
         &identity(),
     )?;
-    let sidecar_config = sidecar::config(&p);
+    let sidecar_config = sidecar::config(&policy, &p)?;
     Ok(Prepared {
         docker,
         plan: p,

@@ -4,40 +4,40 @@
 
 use serde_json::Value;
 
-use crate::plan::{RunPlan, SIDECAR_PORT};
-use crate::policy::SidecarKind;
+use crate::egress::EgressError;
+use crate::egress::config::{EgressConfig, RunOptions};
+use crate::plan::RunPlan;
+use crate::policy::{Policy, SidecarKind};
 
 /// The sidecar's command line (no secrets: those go over stdin).
 pub fn command(plan: &RunPlan) -> Vec<String> {
-    let listen = format!("0.0.0.0:{SIDECAR_PORT}");
     match plan.sidecar.kind {
-        SidecarKind::Builtin => vec![
-            "proxy".into(),
-            "--config".into(),
-            plan.sidecar.config_path.clone(),
-            "--listen".into(),
-            listen,
-        ],
-        SidecarKind::Pipelock => vec![
-            "run".into(),
-            "--listen".into(),
-            listen,
-            "--config".into(),
-            plan.sidecar.config_path.clone(),
-        ],
+        SidecarKind::Builtin => {
+            let mut c = vec![
+                "proxy".into(),
+                "--config".into(),
+                plan.sidecar.config_path.clone(),
+                "--listen".into(),
+                crate::egress::LISTEN_ADDR.into(),
+            ];
+            for h in &plan.sidecar.ssh {
+                c.push("--ssh-host".into());
+                c.push(h.clone());
+            }
+            c
+        }
+        SidecarKind::Pipelock => crate::egress::pipelock_cmd(&plan.sidecar.config_path),
     }
 }
 
-/// The per-run config in pipelock's format: hostnames only, never secrets.
-pub fn config(plan: &RunPlan) -> String {
-    let mut y = String::from("# bottle per-run egress config (pipelock format); hostnames only\n");
-    y.push_str("mode: strict\n");
-    y.push_str("api_allowlist:\n");
-    for h in &plan.sidecar.allow {
-        y.push_str(&format!("  - \"{h}\"\n"));
-    }
-    y.push_str("forward_proxy:\n  enabled: true\n");
-    y
+/// The per-run config in pipelock's format (written by `egress`): hostnames
+/// only, never secrets.
+pub fn config(policy: &Policy, plan: &RunPlan) -> Result<String, EgressError> {
+    let opts = RunOptions {
+        trusted: plan.sidecar.trusted.clone(),
+        ..RunOptions::default()
+    };
+    Ok(EgressConfig::from_policy(policy, &opts)?.to_file_text())
 }
 
 /// One denied request from the sidecar's JSON decision log, if `line` is one.
