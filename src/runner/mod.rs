@@ -80,6 +80,8 @@ pub enum RunError {
     BuiltinSidecar(String),
     #[error(transparent)]
     Egress(#[from] crate::egress::EgressError),
+    #[error("stopped by {signal}")]
+    Stopped { signal: &'static str, code: u8 },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -107,7 +109,9 @@ impl crate::error::Classify for RunError {
             | RunError::Lockfile { .. }
             | RunError::NoRoot(_)
             | RunError::DryRunNeedsLock(_) => ExitKind::BadInput,
-            RunError::Sidecar { .. } | RunError::BuiltinSidecar(_) => ExitKind::Failure,
+            RunError::Sidecar { .. } | RunError::BuiltinSidecar(_) | RunError::Stopped { .. } => {
+                ExitKind::Failure
+            }
             RunError::Io { .. } => ExitKind::Environment,
         }
     }
@@ -452,6 +456,32 @@ impl Signals {
     }
 }
 
+/// Set once a signal asks the run to stop: (signal name, exit code).
+pub type StopRx = tokio::sync::watch::Receiver<Option<(&'static str, u8)>>;
+
+/// Resolves when a stop was requested.
+pub async fn stopped(rx: &mut StopRx) -> (&'static str, u8) {
+    loop {
+        if let Some(v) = *rx.borrow_and_update() {
+            return v;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Between start steps: stop now if a signal came in. Engine calls are never
+/// abandoned half-way (a dropped create request may still create the
+/// object after the teardown looked), so cancellation happens only here and
+/// in the waits.
+fn check(rx: &StopRx) -> Result<(), RunError> {
+    match *rx.borrow() {
+        Some((signal, code)) => Err(RunError::Stopped { signal, code }),
+        None => Ok(()),
+    }
+}
+
 /// Create, start, attach, and tear down. `interactive` forwards stdin.
 pub async fn execute(prepared: Prepared, interactive: bool) -> Result<Outcome, RunError> {
     let Prepared {
@@ -461,26 +491,37 @@ pub async fn execute(prepared: Prepared, interactive: bool) -> Result<Outcome, R
         engine_version,
     } = prepared;
     let mut signals = Signals::install()?;
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let listener = tokio::spawn(async move {
+        let first = signals.recv().await;
+        let _ = tx.send(Some(first));
+        // Further signals while tearing down are absorbed: the teardown
+        // must finish.
+        loop {
+            signals.recv().await;
+        }
+    });
     let mut guard = Teardown::new();
     let blocked: Arc<Mutex<Vec<String>>> = Arc::default();
 
-    let result = {
-        let work = start_and_run(
-            &docker,
-            &plan,
-            &engine_version,
-            &sidecar_config,
-            &mut guard,
-            interactive,
-            blocked.clone(),
-        );
-        tokio::select! {
-            r = work => r.map(|code| (code, None)),
-            (name, code) = signals.recv() => Ok((code, Some(name))),
-        }
-    };
+    let result = start_and_run(
+        &docker,
+        &plan,
+        &engine_version,
+        &sidecar_config,
+        &mut guard,
+        interactive,
+        blocked.clone(),
+        rx,
+    )
+    .await;
     let teardown_errors = guard.finish(&docker).await;
-    let (code, signal) = result?;
+    listener.abort();
+    let (code, signal) = match result {
+        Ok(code) => (code, None),
+        Err(RunError::Stopped { signal, code }) => (code, Some(signal)),
+        Err(e) => return Err(e),
+    };
     let hosts = blocked.lock().map(|v| v.clone()).unwrap_or_default();
     Ok(Outcome {
         code,
@@ -505,6 +546,7 @@ async fn start_and_run(
     guard: &mut Teardown,
     interactive: bool,
     blocked: Arc<Mutex<Vec<String>>>,
+    mut stop: StopRx,
 ) -> Result<u8, RunError> {
     // The config also lives in a private temp dir for the run's lifetime
     // (mode 600), so an operator can read what the sidecar enforces.
@@ -520,9 +562,11 @@ async fn start_and_run(
     guard.tempdir(dir);
 
     let net = &plan.networks;
+    check(&stop)?;
     guard.network(&net.internal);
     engine::create_internal_network(docker, &net.internal, &plan.network_labels(), version).await?;
     if net.egress_created {
+        check(&stop)?;
         guard.network(&net.egress);
         engine::create_bridge_network(docker, &net.egress, &plan.network_labels()).await?;
     }
@@ -531,6 +575,7 @@ async fn start_and_run(
     // config uploaded, attached (stdin is its secret channel), started.
     let s = &plan.sidecar;
     let builtin = s.kind == SidecarKind::Builtin;
+    check(&stop)?;
     guard.sidecar(&s.name);
     engine::create_container(
         docker,
@@ -567,7 +612,8 @@ async fn start_and_run(
         (uid, gid),
     )
     .await?;
-    start_sidecar(docker, plan, builtin, blocked).await?;
+    check(&stop)?;
+    start_sidecar(docker, plan, builtin, blocked, &stop).await?;
 
     // Agent: internal network only; secrets only in the create body.
     let c = &plan.container;
@@ -582,6 +628,7 @@ async fn start_and_run(
             }
         }
     }
+    check(&stop)?;
     guard.agent(&c.name);
     engine::create_container(
         docker,
@@ -602,7 +649,8 @@ async fn start_and_run(
         },
     )
     .await?;
-    let code = session::run_agent(docker, &c.name, c.tty, interactive).await?;
+    check(&stop)?;
+    let code = session::run_agent(docker, &c.name, c.tty, interactive, &mut stop).await?;
     Ok(code.clamp(0, 255) as u8)
 }
 
@@ -631,6 +679,7 @@ async fn start_sidecar(
     plan: &RunPlan,
     builtin: bool,
     blocked: Arc<Mutex<Vec<String>>>,
+    stop: &StopRx,
 ) -> Result<(), RunError> {
     let name = &plan.sidecar.name;
     let attached = docker
@@ -697,6 +746,7 @@ async fn start_sidecar(
 
     let deadline = tokio::time::Instant::now() + SIDECAR_READY_TIMEOUT;
     loop {
+        check(stop)?;
         if *ready_rx.borrow_and_update() {
             return Ok(());
         }

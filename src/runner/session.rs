@@ -88,7 +88,8 @@ pub async fn run_agent(
     name: &str,
     tty: bool,
     interactive: bool,
-) -> Result<i64, EngineError> {
+    stop: &mut super::StopRx,
+) -> Result<i64, super::RunError> {
     let attached = docker
         .attach_container(
             name,
@@ -183,7 +184,20 @@ pub async fn run_agent(
         }
     });
 
-    let code = wait_exit(docker, name).await?;
+    let code = tokio::select! {
+        code = wait_exit(docker, name) => code,
+        (signal, code) = super::stopped(stop) => Err(super::RunError::Stopped { signal, code }),
+    };
+    if code.is_err() {
+        if let Some(r) = &resizer {
+            r.abort();
+        }
+        if let Some(s) = &stdin_pump {
+            s.abort();
+        }
+        pump.abort();
+    }
+    let code = code?;
     // Drain what is still in flight, but never hang on a stream the engine
     // keeps open.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), pump).await;
@@ -197,7 +211,7 @@ pub async fn run_agent(
 }
 
 /// Wait until the container stops; its exit code.
-pub async fn wait_exit(docker: &Docker, name: &str) -> Result<i64, EngineError> {
+pub async fn wait_exit(docker: &Docker, name: &str) -> Result<i64, super::RunError> {
     let mut s = docker.wait_container(
         name,
         Some(WaitContainerOptions {
@@ -210,13 +224,15 @@ pub async fn wait_exit(docker: &Docker, name: &str) -> Result<i64, EngineError> 
         Some(Err(source)) => Err(EngineError::Api {
             what: format!("waiting for {name}"),
             source,
-        }),
+        }
+        .into()),
         None => Err(EngineError::Api {
             what: format!("waiting for {name}"),
             source: BollardError::DockerContainerWaitError {
                 error: "wait stream ended without a status".into(),
                 code: -1,
             },
-        }),
+        }
+        .into()),
     }
 }

@@ -533,3 +533,46 @@ pub async fn sidecar_image(fx: &Fixture) -> String {
         image.manifest_digest
     )
 }
+
+/// A project root with only a lockfile (no registry, no engine needed):
+/// enough for `--dry-run` and for the checks that happen before any pull.
+pub fn lock_only_root(agent: &str, allow: &[&str], env: &[&str]) -> tempfile::TempDir {
+    let mut allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
+    allow.sort();
+    let mut env: Vec<String> = env.iter().map(|s| s.to_string()).collect();
+    env.sort();
+    let policy = Policy {
+        schema: 1,
+        agent: agent.to_string(),
+        egress: Egress {
+            allow,
+            ssh: vec!["github.com".into()],
+        },
+        env,
+        sidecar: Sidecar {
+            kind: SidecarKind::Builtin,
+            image: None,
+        },
+        limits: Limits::default(),
+    };
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("agents")).unwrap();
+    std::fs::create_dir_all(root.path().join("lockfiles")).unwrap();
+    let lock = serde_json::json!({
+        "schema": 1,
+        "agent": agent,
+        "policy": policy,
+        "image": {
+            "repository": format!("bottle/{agent}"),
+            "manifest_digest": format!("sha256:{}", "ab".repeat(32)),
+        },
+    });
+    std::fs::write(
+        root.path()
+            .join("lockfiles")
+            .join(format!("{agent}.lock.json")),
+        serde_json::to_string_pretty(&lock).unwrap(),
+    )
+    .unwrap();
+    root
+}

@@ -1,0 +1,286 @@
+//! Teardown on every path, against the real engine: zero labeled containers
+//! and networks remain after a normal exit, a non-zero exit (code
+//! propagated), SIGINT / SIGTERM / SIGHUP to `bottle` mid-run, and a sidecar
+//! that fails to start; after SIGKILL, `bottle gc` removes the dead run and
+//! leaves a concurrent live one alone; five runs at once do not collide.
+
+mod common;
+mod run_common;
+
+use std::time::Duration;
+
+use run_common::{Cleanup, Fixture, fixture, leftovers, sidecar_image, wait_for};
+
+fn cleanup(agent: &str) -> Cleanup {
+    Cleanup {
+        agent: agent.into(),
+        extra_containers: vec![],
+        extra_networks: vec![],
+    }
+}
+
+async fn setup(agent: &str) -> Option<(Fixture, String, Cleanup)> {
+    let fx = fixture(agent, &["upstream.bottle.test"]).await?;
+    let side = sidecar_image(&fx).await;
+    Some((fx, side, cleanup(agent)))
+}
+
+fn running_agents(l: &[String]) -> usize {
+    l.iter()
+        .filter(|s| s.starts_with("container") && !s.contains("-sidecar"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn normal_and_non_zero_exits_leave_nothing_and_propagate_the_code() {
+    let agent = "tdexit";
+    let Some((fx, side, _c)) = setup(agent).await else {
+        return;
+    };
+    let ok = fx.bottle(
+        &[
+            "run",
+            "--yes",
+            "--sidecar-image",
+            &side,
+            agent,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2",
+        ],
+        &[],
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert_eq!(ok.stdout, "out\n");
+    assert!(ok.stderr.contains("err\n"), "{}", ok.stderr);
+    assert_eq!(leftovers(&fx.docker, agent).await, Vec::<String>::new());
+
+    let bad = fx.bottle(
+        &[
+            "run",
+            "--yes",
+            "--sidecar-image",
+            &side,
+            agent,
+            "--",
+            "sh",
+            "-c",
+            "exit 7",
+        ],
+        &[],
+    );
+    assert_eq!(bad.code, 7, "{}", bad.stderr);
+    assert_eq!(leftovers(&fx.docker, agent).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signals_mid_run_tear_everything_down() {
+    let agent = "tdsig";
+    let Some((fx, side, _c)) = setup(agent).await else {
+        return;
+    };
+    for (sig, code) in [
+        (libc::SIGINT, 130),
+        (libc::SIGTERM, 143),
+        (libc::SIGHUP, 129),
+    ] {
+        let mut s = fx.spawn(
+            &[
+                "run",
+                "--yes",
+                "--sidecar-image",
+                &side,
+                agent,
+                "--",
+                "sleep",
+                "60",
+            ],
+            &[],
+        );
+        let l = wait_for(&fx.docker, agent, Duration::from_secs(60), |l| {
+            running_agents(l) == 1
+        })
+        .await;
+        assert_eq!(
+            running_agents(&l),
+            1,
+            "agent never started: {l:?}\n{}",
+            s.stderr()
+        );
+        s.signal(sig);
+        let got = s.wait(Duration::from_secs(30));
+        assert_eq!(got, Some(code), "signal {sig}: {}", s.stderr());
+        assert_eq!(
+            leftovers(&fx.docker, agent).await,
+            Vec::<String>::new(),
+            "signal {sig}"
+        );
+        assert!(s.stderr().contains("torn down"), "{}", s.stderr());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sidecar_that_fails_to_start_leaves_no_network() {
+    let agent = "tdside";
+    let Some(fx) = fixture(agent, &["upstream.bottle.test"]).await else {
+        return;
+    };
+    let _c = cleanup(agent);
+    // The agent's busybox image has no `proxy` program: the sidecar cannot start.
+    let broken = format!("{}/bottle/{}@{}", fx.reg.localhost(), agent, fx.digest);
+    let out = fx.bottle(
+        &[
+            "run",
+            "--yes",
+            "--sidecar-image",
+            &broken,
+            agent,
+            "--",
+            "true",
+        ],
+        &[],
+    );
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("sidecar"), "{}", out.stderr);
+    assert_eq!(leftovers(&fx.docker, agent).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_sigkill_gc_removes_the_dead_run_and_spares_the_live_one() {
+    let agent = "tdgc";
+    let Some((fx, side, _c)) = setup(agent).await else {
+        return;
+    };
+    let mut dead = fx.spawn(
+        &[
+            "run",
+            "--yes",
+            "--sidecar-image",
+            &side,
+            agent,
+            "--",
+            "sleep",
+            "120",
+        ],
+        &[],
+    );
+    let l = wait_for(&fx.docker, agent, Duration::from_secs(60), |l| {
+        running_agents(l) == 1
+    })
+    .await;
+    assert_eq!(running_agents(&l), 1, "{l:?}");
+    let mut live = fx.spawn(
+        &[
+            "run",
+            "--yes",
+            "--sidecar-image",
+            &side,
+            agent,
+            "--",
+            "sleep",
+            "120",
+        ],
+        &[],
+    );
+    let l = wait_for(&fx.docker, agent, Duration::from_secs(60), |l| {
+        running_agents(l) == 2
+    })
+    .await;
+    assert_eq!(running_agents(&l), 2, "{l:?}");
+
+    dead.signal(libc::SIGKILL);
+    assert_eq!(
+        dead.wait(Duration::from_secs(10)),
+        Some(128 + libc::SIGKILL)
+    );
+    // SIGKILL cannot be caught: the dead run's objects are still there.
+    assert_eq!(
+        leftovers(&fx.docker, agent).await.len(),
+        2 * 2 + 2 * 2,
+        "{:?}",
+        leftovers(&fx.docker, agent).await
+    );
+
+    let ps = fx.bottle(&["ps", "--json"], &[]);
+    assert_eq!(ps.code, 0, "{}", ps.stderr);
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&ps.stdout).unwrap();
+    let mine: Vec<&serde_json::Value> = runs.iter().filter(|r| r["agent"] == agent).collect();
+    assert_eq!(mine.len(), 2, "{}", ps.stdout);
+    let dead_run = mine.iter().find(|r| r["owner_pid"] == dead.pid()).unwrap();
+    let live_run = mine.iter().find(|r| r["owner_pid"] == live.pid()).unwrap();
+    assert_eq!(dead_run["owner_alive"], false);
+    assert_eq!(live_run["owner_alive"], true);
+
+    let dry = fx.bottle(&["gc", "--dry-run", "--json"], &[]);
+    let would: Vec<serde_json::Value> = serde_json::from_str(&dry.stdout).unwrap();
+    assert!(
+        would.iter().any(|r| r["run_id"] == dead_run["run_id"]),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        !would.iter().any(|r| r["run_id"] == live_run["run_id"]),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(
+        leftovers(&fx.docker, agent).await.len(),
+        8,
+        "dry run removed something"
+    );
+
+    let gc = fx.bottle(&["gc"], &[]);
+    assert_eq!(gc.code, 0, "{}", gc.stderr);
+    let l = leftovers(&fx.docker, agent).await;
+    assert_eq!(l.len(), 4, "only the live run's objects remain: {l:?}");
+    let live_id = live_run["run_id"].as_str().unwrap();
+    assert!(l.iter().all(|o| o.contains(live_id)), "{l:?}");
+    assert_eq!(running_agents(&l), 1);
+
+    live.signal(libc::SIGTERM);
+    assert_eq!(
+        live.wait(Duration::from_secs(30)),
+        Some(143),
+        "{}",
+        live.stderr()
+    );
+    assert_eq!(leftovers(&fx.docker, agent).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_bottles_of_one_agent_at_once() {
+    let agent = "tdfive";
+    let Some((fx, side, _c)) = setup(agent).await else {
+        return;
+    };
+    let mut runs: Vec<_> = (0..5)
+        .map(|i| {
+            let cmd = format!("sleep 2; echo done-{i}");
+            fx.spawn(
+                &[
+                    "run",
+                    "--yes",
+                    "--sidecar-image",
+                    &side,
+                    agent,
+                    "--",
+                    "sh",
+                    "-c",
+                    &cmd,
+                ],
+                &[],
+            )
+        })
+        .collect();
+    for (i, r) in runs.iter_mut().enumerate() {
+        assert_eq!(
+            r.wait(Duration::from_secs(120)),
+            Some(0),
+            "run {i}: {}",
+            r.stderr()
+        );
+        assert_eq!(r.stdout(), format!("done-{i}\n"));
+    }
+    assert_eq!(leftovers(&fx.docker, agent).await, Vec::<String>::new());
+}
