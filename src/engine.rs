@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, Mount, MountType, NetworkConnectRequest,
-    NetworkCreateRequest, NetworkingConfig,
+    ContainerCreateBody, EndpointSettings, HostConfig, HostConfigCgroupnsModeEnum, Mount,
+    MountType, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListNetworksOptions,
@@ -382,6 +382,9 @@ pub fn hardened_host_config(spec: &ContainerSpec<'_>) -> HostConfig {
         privileged: Some(false),
         publish_all_ports: Some(false),
         ipc_mode: Some("private".into()),
+        // The engine's default on cgroup v1 hosts is the host's cgroup
+        // namespace; a bottle gets its own.
+        cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
         dns: if spec.dns.is_empty() {
             None
         } else {
