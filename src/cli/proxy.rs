@@ -10,7 +10,8 @@ use crate::egress::{self, proxy};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The per-run egress config (pipelock format, as `bottle` generates it)
+    /// The per-run egress config (pipelock format, as `bottle` generates it);
+    /// `-` reads it from stdin until EOF, as pipelock does
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
     /// Address to listen on
@@ -22,7 +23,20 @@ pub struct Args {
 }
 
 pub async fn exec(args: Args) -> CliResult {
-    let config = egress::config::read_config(&args.config)?;
+    let config = if args.config.as_os_str() == "-" {
+        // Stdin lets the runner hand the config over through the engine API
+        // to a container whose root filesystem is read-only.
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut tokio::io::stdin(), &mut text)
+            .await
+            .map_err(|source| egress::EgressError::Read {
+                path: "<stdin>".into(),
+                source,
+            })?;
+        egress::config::parse(&text, "<stdin>")?
+    } else {
+        egress::config::read_config(&args.config)?
+    };
     let settings = proxy::Settings::from_config(&config, &args.ssh_hosts)?;
     let p = proxy::Proxy::new(settings, proxy::Resolver::System, proxy::LogSink::Stdout);
     proxy::run(p, &args.listen).await?;

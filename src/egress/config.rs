@@ -208,7 +208,7 @@ impl EgressConfig {
                 sni_verification: true,
                 redirect_websocket_hosts: Vec::new(),
             },
-            fetch_proxy: (!blocklist.is_empty()).then(|| FetchProxy {
+            fetch_proxy: (!blocklist.is_empty()).then_some(FetchProxy {
                 monitoring: Monitoring { blocklist },
             }),
         })

@@ -50,6 +50,23 @@ pub fn pipelock_cmd(config_path: &str) -> Vec<String> {
     ]
 }
 
+/// Arguments (after the image's entrypoint `bottle proxy`) for the builtin
+/// sidecar: the config path (`-` = stdin), the listen address, and the ssh
+/// hosts, which pipelock's format cannot express per port.
+pub fn builtin_cmd(config_path: &str, ssh_hosts: &[String]) -> Vec<String> {
+    let mut cmd = vec![
+        "--config".to_string(),
+        config_path.to_string(),
+        "--listen".to_string(),
+        LISTEN_ADDR.to_string(),
+    ];
+    for h in ssh_hosts {
+        cmd.push("--ssh-host".into());
+        cmd.push(h.clone());
+    }
+    cmd
+}
+
 /// Pipelock's own container healthcheck (its Dockerfile's `HEALTHCHECK`).
 pub const PIPELOCK_HEALTHCHECK: &[&str] = &["CMD", "/pipelock", "healthcheck"];
 
@@ -97,5 +114,20 @@ impl Classify for EgressError {
             | EgressError::Engine(_) => ExitKind::Environment,
             EgressError::Image(_) => ExitKind::Failure,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sidecar_commands() {
+        assert_eq!(
+            super::pipelock_cmd("/run/bottle/egress.yaml"),
+            ["run", "--listen", "0.0.0.0:8888", "--config", "/run/bottle/egress.yaml"]
+        );
+        assert_eq!(
+            super::builtin_cmd("-", &["github.com".into()]),
+            ["--config", "-", "--listen", "0.0.0.0:8888", "--ssh-host", "github.com"]
+        );
     }
 }

@@ -105,8 +105,7 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("reserved address")
     } else if o[0] == 198 && (o[1] & 0xfe) == 18 {
         Some("benchmarking address")
-    } else if (o[0] == 192 && o[1] == 0 && o[2] == 0)
-        || (o[0] == 192 && o[1] == 0 && o[2] == 2)
+    } else if (o[0] == 192 && o[1] == 0 && (o[2] == 0 || o[2] == 2))
         || (o[0] == 198 && o[1] == 51 && o[2] == 100)
         || (o[0] == 203 && o[1] == 0 && o[2] == 113)
     {
