@@ -305,7 +305,13 @@ impl RegistryClient {
             stats.bytes_uploaded += size;
         }
 
-        let content_type = http_header(media::OCI_MANIFEST);
+        let media_type = image.manifest_media_type();
+        let content_type = hyper::header::HeaderValue::from_str(&media_type).map_err(|_| {
+            OciError::Unsupported {
+                what: format!("manifest {}", image.manifest_digest),
+                reason: format!("media type `{media_type}` is not a valid header value"),
+            }
+        })?;
         self.client
             .push_manifest_raw(&by_digest, image.manifest.clone(), content_type.clone())
             .await
@@ -636,10 +642,6 @@ fn choose_platform(
             available.join(", ")
         },
     })
-}
-
-fn http_header(v: &'static str) -> hyper::header::HeaderValue {
-    hyper::header::HeaderValue::from_static(v)
 }
 
 /// Read a blob file in 1 MiB chunks as a stream, ticking the bar.
