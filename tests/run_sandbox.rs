@@ -11,7 +11,7 @@ mod run_common;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use run_common::{Cleanup, fixture, leftovers, sidecar_image, start_upstream};
+use run_common::{Cleanup, fixture, leftovers, start_upstream};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn only_the_sidecar_leads_out_and_only_to_allowed_hosts() {
@@ -24,7 +24,8 @@ async fn only_the_sidecar_leads_out_and_only_to_allowed_hosts() {
         extra_containers: vec![],
         extra_networks: vec![],
     };
-    let side = sidecar_image(&fx).await;
+    // The default builtin sidecar: loaded into the engine from this very
+    // binary by `egress`, no registry involved.
     let (net, upstream, upstream_ip) = start_upstream(&fx.docker, &fx, "sandbox").await;
     cleanup.extra_containers.push(upstream.clone());
     cleanup.extra_networks.push(net.clone());
@@ -66,8 +67,6 @@ if nslookup "$SIDECAR" >/dev/null 2>&1; then echo inside=resolved; else echo ins
         &[
             "run",
             "--yes",
-            "--sidecar-image",
-            &side,
             "--egress-network",
             &net,
             "--trust-host",

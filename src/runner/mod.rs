@@ -76,8 +76,6 @@ pub enum RunError {
         reason: String,
         logs: Vec<String>,
     },
-    #[error("the builtin sidecar image is not available: {0}")]
-    BuiltinSidecar(String),
     #[error(transparent)]
     Egress(#[from] crate::egress::EgressError),
     #[error("stopped by {signal}")]
@@ -109,9 +107,7 @@ impl crate::error::Classify for RunError {
             | RunError::Lockfile { .. }
             | RunError::NoRoot(_)
             | RunError::DryRunNeedsLock(_) => ExitKind::BadInput,
-            RunError::Sidecar { .. } | RunError::BuiltinSidecar(_) | RunError::Stopped { .. } => {
-                ExitKind::Failure
-            }
+            RunError::Sidecar { .. } | RunError::Stopped { .. } => ExitKind::Failure,
             RunError::Io { .. } => ExitKind::Environment,
         }
     }
@@ -410,10 +406,12 @@ pub async fn prepare(
 
 /// The builtin sidecar's image, loaded into the engine from this binary.
 async fn builtin_sidecar(docker: &Docker) -> Result<SidecarImage, RunError> {
-    let _ = docker;
-    Err(RunError::BuiltinSidecar(
-        "this build of bottle cannot load it yet; pass --sidecar pipelock".into(),
-    ))
+    let id = crate::egress::image::ensure_builtin_image(docker).await?;
+    Ok(SidecarImage {
+        image: id.clone(),
+        digest: Some(id),
+        user: crate::egress::image::SIDECAR_USER.to_string(),
+    })
 }
 
 /// How a run ended.

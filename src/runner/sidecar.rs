@@ -12,19 +12,9 @@ use crate::policy::{Policy, SidecarKind};
 /// The sidecar's command line (no secrets: those go over stdin).
 pub fn command(plan: &RunPlan) -> Vec<String> {
     match plan.sidecar.kind {
+        // The image's entrypoint is `bottle proxy`.
         SidecarKind::Builtin => {
-            let mut c = vec![
-                "proxy".into(),
-                "--config".into(),
-                plan.sidecar.config_path.clone(),
-                "--listen".into(),
-                crate::egress::LISTEN_ADDR.into(),
-            ];
-            for h in &plan.sidecar.ssh {
-                c.push("--ssh-host".into());
-                c.push(h.clone());
-            }
-            c
+            crate::egress::builtin_cmd(&plan.sidecar.config_path, &plan.sidecar.ssh)
         }
         SidecarKind::Pipelock => crate::egress::pipelock_cmd(&plan.sidecar.config_path),
     }

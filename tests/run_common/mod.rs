@@ -475,7 +475,7 @@ pub fn root_path(fx: &Fixture) -> &Path {
 
 /// The builtin sidecar image for tests: this crate's `bottle` binary
 /// (stripped when `strip` is available) with the shared libraries it links,
-/// entrypoint `/bottle`, pushed to the fixture's registry. Returns
+/// entrypoint `/bottle proxy` (as the builtin image has it), pushed to the fixture's registry. Returns
 /// `<registry>/bottle/sidecar@sha256:…` for `--sidecar-image`.
 pub async fn sidecar_image(fx: &Fixture) -> String {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_bottle"));
@@ -536,7 +536,7 @@ pub async fn sidecar_image(fx: &Fixture) -> String {
         }],
         config: ConfigSpec {
             user: "65534:65534".into(),
-            entrypoint: vec!["/bottle".into()],
+            entrypoint: vec!["/bottle".into(), "proxy".into()],
             ..ConfigSpec::default()
         },
         mtime: 0,
