@@ -51,21 +51,19 @@ async fn agent_and_sidecar_are_hardened_and_secrets_stay_in_the_engine_api() {
     };
     let secret_ok = format!("env-secret={}", digest(SECRET));
     let token_ok = format!("env-token={}", digest(TOKEN));
-    let script = format!(
-        r#"
+    let script = r#"
 grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status | tr -d '\t ' 
 echo uid=$(id -u)
 if touch /rootfs-probe 2>/dev/null; then echo rootfs=writable; else echo rootfs=read-only; fi
 touch /tmp/probe && echo tmp=writable
 touch "$HOME/probe" && echo home=writable
 if [ -e /var/run/docker.sock ] || [ -e /run/docker.sock ]; then echo sock=present; else echo sock=absent; fi
-echo env-secret=$(printf %s "$BOTTLE_TEST_SECRET" | sha256sum | awk '{{print $1}}')
-echo env-token=$(printf %s "$CLAUDE_CODE_OAUTH_TOKEN" | sha256sum | awk '{{print $1}}')
+echo env-secret=$(printf %s "$BOTTLE_TEST_SECRET" | sha256sum | awk '{print $1}')
+echo env-token=$(printf %s "$CLAUDE_CODE_OAUTH_TOKEN" | sha256sum | awk '{print $1}')
 [ -z "$CLAUDE_BOTTLE_OAUTH_TOKEN" ] && echo host-var-name=absent
 echo checks-done
 sleep 60
-"#
-    );
+"#;
     let mut run = fx.spawn(
         &[
             "run",
@@ -76,7 +74,7 @@ sleep 60
             "--",
             "sh",
             "-c",
-            &script,
+            script,
         ],
         &[
             ("BOTTLE_TEST_SECRET", SECRET),

@@ -482,12 +482,6 @@ fn check(rx: &StopRx) -> Result<(), RunError> {
 
 /// Create, start, attach, and tear down. `interactive` forwards stdin.
 pub async fn execute(prepared: Prepared, interactive: bool) -> Result<Outcome, RunError> {
-    let Prepared {
-        docker,
-        plan,
-        sidecar_config,
-        engine_version,
-    } = prepared;
     let mut signals = Signals::install()?;
     let (tx, rx) = tokio::sync::watch::channel(None);
     let listener = tokio::spawn(async move {
@@ -502,18 +496,8 @@ pub async fn execute(prepared: Prepared, interactive: bool) -> Result<Outcome, R
     let mut guard = Teardown::new();
     let blocked: Arc<Mutex<Vec<String>>> = Arc::default();
 
-    let result = start_and_run(
-        &docker,
-        &plan,
-        &engine_version,
-        &sidecar_config,
-        &mut guard,
-        interactive,
-        blocked.clone(),
-        rx,
-    )
-    .await;
-    let teardown_errors = guard.finish(&docker).await;
+    let result = start_and_run(&prepared, &mut guard, interactive, blocked.clone(), rx).await;
+    let teardown_errors = guard.finish(&prepared.docker).await;
     listener.abort();
     let (code, signal) = match result {
         Ok(code) => (code, None),
@@ -537,15 +521,18 @@ fn numeric_ids(user: &str) -> (u64, u64) {
 }
 
 async fn start_and_run(
-    docker: &Docker,
-    plan: &RunPlan,
-    version: &EngineVersion,
-    sidecar_config: &str,
+    prepared: &Prepared,
     guard: &mut Teardown,
     interactive: bool,
     blocked: Arc<Mutex<Vec<String>>>,
     mut stop: StopRx,
 ) -> Result<u8, RunError> {
+    let Prepared {
+        docker,
+        plan,
+        engine_version: version,
+        sidecar_config,
+    } = prepared;
     // The config also lives in a private temp dir for the run's lifetime
     // (mode 600), so an operator can read what the sidecar enforces.
     let dir = tempfile::Builder::new()
