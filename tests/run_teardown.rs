@@ -37,6 +37,10 @@ async fn normal_and_non_zero_exits_leave_nothing_and_propagate_the_code() {
     let Some((fx, side, _c)) = setup(agent).await else {
         return;
     };
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let ok = fx.bottle(
         &[
             "run",
@@ -55,6 +59,7 @@ async fn normal_and_non_zero_exits_leave_nothing_and_propagate_the_code() {
     assert_eq!(ok.stdout, "out\n");
     assert!(ok.stderr.contains("err\n"), "{}", ok.stderr);
     assert_eq!(leftovers(&fx.docker, agent).await, Vec::<String>::new());
+    assert_teardown_order(&fx, agent, since).await;
 
     let bad = fx.bottle(
         &[
@@ -283,4 +288,44 @@ async fn five_bottles_of_one_agent_at_once() {
         assert_eq!(r.stdout(), format!("done-{i}\n"));
     }
     assert_eq!(leftovers(&fx.docker, agent).await, Vec::<String>::new());
+}
+
+/// The engine's own event log says: agent destroyed, then sidecar, then
+/// the networks.
+async fn assert_teardown_order(fx: &Fixture, agent: &str, since: u64) {
+    use futures_util::StreamExt;
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    let mut events = fx.docker.events(Some(bollard::query_parameters::EventsOptions {
+        since: Some(since.to_string()),
+        until: Some(until.to_string()),
+        filters: None,
+    }));
+    let prefix = format!("bottle-{agent}-");
+    let mut order = Vec::new();
+    while let Some(Ok(e)) = events.next().await {
+        let action = e.action.unwrap_or_default();
+        let name = e
+            .actor
+            .and_then(|a| a.attributes)
+            .and_then(|a| a.get("name").cloned())
+            .unwrap_or_default();
+        if action == "destroy" && name.starts_with(&prefix) {
+            order.push(name);
+        }
+    }
+    let role = |n: &String| {
+        if n.ends_with("-sidecar") {
+            1
+        } else if n.ends_with("-egress") || n.ends_with("-net") {
+            2
+        } else {
+            0
+        }
+    };
+    let roles: Vec<i32> = order.iter().map(role).collect();
+    assert_eq!(roles, vec![0, 1, 2, 2], "destroy order: {order:?}");
 }
