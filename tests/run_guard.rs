@@ -25,8 +25,14 @@ async fn a_panic_mid_run_still_tears_down() {
         let mut guard = Teardown::new();
         guard.tempdir(dir);
         guard.network(&n);
-        bottle::engine::create_bridge_network(&d, &n, &labels).await.unwrap();
-        assert!(d.inspect_network(&n, None::<bollard::query_parameters::InspectNetworkOptions>).await.is_ok());
+        bottle::engine::create_bridge_network(&d, &n, &labels)
+            .await
+            .unwrap();
+        assert!(
+            d.inspect_network(&n, None::<bollard::query_parameters::InspectNetworkOptions>)
+                .await
+                .is_ok()
+        );
         panic!("simulated bug mid-run");
     });
     let joined = task.await;
@@ -34,7 +40,9 @@ async fn a_panic_mid_run_still_tears_down() {
     let mut filters = HashMap::new();
     filters.insert("name".to_string(), vec![name.clone()]);
     let left = docker
-        .list_networks(Some(bollard::query_parameters::ListNetworksOptions { filters: Some(filters) }))
+        .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
+            filters: Some(filters),
+        }))
         .await
         .unwrap();
     if !left.is_empty() {

@@ -299,11 +299,13 @@ async fn assert_teardown_order(fx: &Fixture, agent: &str, since: u64) {
         .unwrap()
         .as_secs()
         + 1;
-    let mut events = fx.docker.events(Some(bollard::query_parameters::EventsOptions {
-        since: Some(since.to_string()),
-        until: Some(until.to_string()),
-        filters: None,
-    }));
+    let mut events = fx
+        .docker
+        .events(Some(bollard::query_parameters::EventsOptions {
+            since: Some(since.to_string()),
+            until: Some(until.to_string()),
+            filters: None,
+        }));
     let prefix = format!("bottle-{agent}-");
     let mut order = Vec::new();
     while let Some(Ok(e)) = events.next().await {
