@@ -8,5 +8,7 @@
 pub mod cli;
 pub mod error;
 pub mod host;
+pub mod lock;
+pub mod manifest;
 pub mod oci;
 pub mod policy;
