@@ -129,7 +129,9 @@ pub fn normalize(input: &str) -> Result<String, HostError> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
-            return Err(HostError::Invalid(format!("label `{label}` has characters outside a-z 0-9 -")));
+            return Err(HostError::Invalid(format!(
+                "label `{label}` has characters outside a-z 0-9 -"
+            )));
         }
     }
     if ascii.len() > 253 {
@@ -148,7 +150,8 @@ fn looks_like_ipv4(host: &str) -> bool {
         let s = s.strip_prefix("0x").unwrap_or(s);
         s.is_empty() || s.bytes().all(|b| b.is_ascii_hexdigit())
     };
-    !last.is_empty() && (last.bytes().all(|b| b.is_ascii_digit()) || (last.starts_with("0x") && numeric(last)))
+    !last.is_empty()
+        && (last.bytes().all(|b| b.is_ascii_digit()) || (last.starts_with("0x") && numeric(last)))
 }
 
 /// Sorted, de-duplicated patterns as strings: the canonical form stored in
@@ -167,8 +170,14 @@ mod tests {
     #[test]
     fn normalizes_case_trailing_dot_and_idna() {
         assert_eq!(normalize("GitHub.COM.").unwrap(), "github.com");
-        assert_eq!(normalize("bücher.example").unwrap(), "xn--bcher-kva.example");
-        assert_eq!(normalize("xn--bcher-kva.example").unwrap(), "xn--bcher-kva.example");
+        assert_eq!(
+            normalize("bücher.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
+        assert_eq!(
+            normalize("xn--bcher-kva.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
     }
 
     #[test]
@@ -192,7 +201,10 @@ mod tests {
             assert_eq!(normalize(bad), Err(want), "{bad:?}");
         }
         for bad in ["-a.com", "a..com", "a.com..", ".a.com", "under_score.com"] {
-            assert!(matches!(normalize(bad), Err(HostError::Invalid(_))), "{bad:?}");
+            assert!(
+                matches!(normalize(bad), Err(HostError::Invalid(_))),
+                "{bad:?}"
+            );
         }
     }
 

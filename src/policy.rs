@@ -243,7 +243,10 @@ mod tests {
 
     #[test]
     fn rejects_missing_unknown_and_uncanonical() {
-        assert!(matches!(Policy::from_label(None), Err(PolicyError::Missing)));
+        assert!(matches!(
+            Policy::from_label(None),
+            Err(PolicyError::Missing)
+        ));
         let mut v: serde_json::Value = serde_json::to_value(sample()).unwrap();
         v["extra"] = true.into();
         assert!(Policy::from_label(Some(&v.to_string())).is_err());

@@ -8,7 +8,12 @@ use std::path::PathBuf;
 pub struct RegistryOpt {
     /// Registry host[:port] for pushes and pulls. Plain HTTP is used for
     /// loopback hosts (localhost, 127.0.0.0/8, [::1]), HTTPS otherwise.
-    #[arg(long, env = "BOTTLE_REGISTRY", default_value = "localhost:5000", value_name = "HOST[:PORT]")]
+    #[arg(
+        long,
+        env = "BOTTLE_REGISTRY",
+        default_value = "localhost:5000",
+        value_name = "HOST[:PORT]"
+    )]
     pub registry: String,
 }
 

@@ -13,7 +13,10 @@ pub struct CliError {
 }
 
 impl CliError {
-    pub fn new(kind: ExitKind, error: impl Into<Box<dyn StdError + Send + Sync + 'static>>) -> Self {
+    pub fn new(
+        kind: ExitKind,
+        error: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
+    ) -> Self {
         CliError {
             kind,
             error: error.into(),

@@ -1,0 +1,1 @@
+//! Archives of built images (filled in below).

@@ -1,0 +1,159 @@
+//! Golden digests: the only real proof of determinism. A fixed spec must
+//! build to a pinned manifest digest, in any process umask, TZ or cwd, and
+//! whatever the source files' on-disk mtimes and modes are.
+//!
+//! If the layer format changes ON PURPOSE, run `scripts/regen-golden` and
+//! say why in the commit message.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use bottle::oci::spec::{Base, ConfigSpec, Entry, EntryKind, FileSource, ImageSpec, LayerSpec};
+use bottle::oci::{BlobStore, build};
+
+/// Pinned by `scripts/regen-golden`.
+const GOLDEN_MANIFEST: &str =
+    "sha256:a069eaffa182f40b5abb5f66c29afd624fb4e1662b43a846318a2cdd1e973922";
+
+fn entry(path: &str, mode: u32, uid: u64, kind: EntryKind) -> Entry {
+    Entry {
+        path: path.into(),
+        mode,
+        uid,
+        gid: uid,
+        kind,
+    }
+}
+
+/// The fixed spec. `src` holds one file read from disk (`tool.sh`).
+fn golden_spec(src: &Path) -> ImageSpec {
+    let tool = src.join("tool.sh");
+    std::fs::write(&tool, b"#!/bin/sh\necho golden\n").unwrap();
+    // On-disk metadata that must NOT matter.
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert(
+        "dev.bottle.policy".to_string(),
+        r#"{"egress":[]}"#.to_string(),
+    );
+    ImageSpec {
+        base: Base::Scratch,
+        layers: vec![
+            LayerSpec {
+                name: "base".into(),
+                entries: vec![
+                    entry(
+                        "etc/motd",
+                        0o600,
+                        0,
+                        EntryKind::File(FileSource::Bytes(b"hi\n".to_vec())),
+                    ),
+                    entry(
+                        "usr/local/bin/tool",
+                        0o700,
+                        0,
+                        EntryKind::File(FileSource::Path(tool)),
+                    ),
+                    entry(
+                        "usr/bin/tool",
+                        0o777,
+                        0,
+                        EntryKind::Symlink("../local/bin/tool".into()),
+                    ),
+                ],
+            },
+            LayerSpec {
+                name: "skill:review".into(),
+                entries: vec![
+                    entry("home/agent", 0o700, 1000, EntryKind::Dir),
+                    entry(
+                        "home/agent/.claude/skills/review/SKILL.md",
+                        0o644,
+                        1000,
+                        EntryKind::File(FileSource::Bytes(
+                            b"---\nname: review\ndescription: d\n---\n".to_vec(),
+                        )),
+                    ),
+                ],
+            },
+        ],
+        config: ConfigSpec {
+            user: "1000".into(),
+            env: vec![
+                "PATH=/usr/local/bin:/usr/bin".into(),
+                "HOME=/home/agent".into(),
+            ],
+            entrypoint: vec!["/usr/bin/tool".into()],
+            cmd: vec![],
+            working_dir: "/home/agent".into(),
+            labels,
+        },
+        mtime: 0,
+    }
+}
+
+fn build_digest() -> String {
+    let src = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(cache.path()).unwrap();
+    build(&golden_spec(src.path()), &store)
+        .unwrap()
+        .manifest_digest
+}
+
+/// Child mode: build and print the digest (used by the test below, which
+/// re-runs this test binary under another umask, TZ and cwd).
+#[test]
+fn child_print_digest() {
+    if std::env::var_os("BOTTLE_GOLDEN_CHILD").is_none() {
+        return;
+    }
+    println!("\nGOLDEN={}", build_digest());
+}
+
+#[test]
+fn fixed_spec_builds_to_pinned_digest() {
+    let got = build_digest();
+    if std::env::var_os("BOTTLE_REGEN_GOLDEN").is_some() {
+        println!("\nGOLDEN={got}");
+        return;
+    }
+    assert_eq!(
+        got, GOLDEN_MANIFEST,
+        "the golden image digest changed; if that is intended, run scripts/regen-golden"
+    );
+}
+
+#[test]
+fn same_digest_under_other_umask_tz_and_cwd() {
+    let here = build_digest();
+    let cwd = tempfile::tempdir().unwrap();
+    for (umask, tz) in [(0o000, "Pacific/Kiritimati"), (0o077, "America/St_Johns")] {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--exact",
+            "child_print_digest",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("BOTTLE_GOLDEN_CHILD", "1")
+        .env("TZ", tz)
+        .current_dir(cwd.path());
+        // SAFETY: umask is async-signal-safe and touches no Rust state.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::umask(umask);
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("GOLDEN="))
+            .unwrap_or_else(|| panic!("child printed no digest: {stdout}"));
+        assert_eq!(line, here, "umask {umask:o} TZ {tz}");
+    }
+}
