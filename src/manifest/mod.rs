@@ -38,8 +38,10 @@ use crate::policy::{self, Egress, Limits, Policy, SidecarKind};
 pub const MANIFEST_SCHEMA: u32 = 1;
 pub const RECIPE_SCHEMA: u32 = 1;
 
-const MANIFEST_HELP: &str = "the manifest fields are listed in README.md, section \"Manifest reference\"";
-const RECIPE_HELP: &str = "the recipe fields are listed in README.md, section \"Base image recipes\"";
+const MANIFEST_HELP: &str =
+    "the manifest fields are listed in README.md, section \"Manifest reference\"";
+const RECIPE_HELP: &str =
+    "the recipe fields are listed in README.md, section \"Base image recipes\"";
 
 /// Home of the agent user inside every image.
 pub const AGENT_HOME: &str = "home/agent";
@@ -255,8 +257,9 @@ pub fn is_agent_name(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter().all(|&c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.')
+        })
 }
 
 /// Names of all agents (folders of `agents/` holding a `bottle.json`), sorted.
@@ -293,7 +296,12 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
         ));
     }
     let agent_dir = format!("agents/{name}");
-    let text = read_text(root, &file, &file, "create it, or check the agent name (`ls agents/`)")?;
+    let text = read_text(
+        root,
+        &file,
+        &file,
+        "create it, or check the agent name (`ls agents/`)",
+    )?;
     let value = json::parse_value(&file, &text, MANIFEST_HELP)?;
     check_schema(&file, &text, &value, MANIFEST_SCHEMA)?;
     let raw: RawManifest = json::parse(&file, &text, MANIFEST_HELP)?;
@@ -369,13 +377,19 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
         let name = fm.get("name").cloned().unwrap_or_default();
         let description = fm.get("description").cloned().unwrap_or_default();
         if name.is_empty() || description.is_empty() {
-            let missing = if name.is_empty() { "name" } else { "description" };
+            let missing = if name.is_empty() {
+                "name"
+            } else {
+                "description"
+            };
             return Err(ManifestError::invalid(
                 format!("{source}/SKILL.md"),
                 None,
                 format!("front matter.{missing}"),
                 format!("front matter has no `{missing}`"),
-                format!("add a `{missing}: …` line between the `---` fences (skill named by `{field}` in {file})"),
+                format!(
+                    "add a `{missing}: …` line between the `---` fences (skill named by `{field}` in {file})"
+                ),
             ));
         }
         if !is_skill_name(&name) {
@@ -391,7 +405,10 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
             return Err(bad(
                 &field,
                 Some(s),
-                format!("skill name `{name}` is already used by skills[{j}] (`{}`)", skills[j].input.source),
+                format!(
+                    "skill name `{name}` is already used by skills[{j}] (`{}`)",
+                    skills[j].input.source
+                ),
                 "skill names must be unique: rename one in its SKILL.md front matter or drop one",
             ));
         }
@@ -485,7 +502,7 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
         }
         if let Some(c) = l.cpus {
             let millis = (c * 1000.0).round();
-            if !(millis >= 1.0 && millis <= 1_000_000.0) {
+            if !(1.0..=1_000_000.0).contains(&millis) {
                 return Err(bad(
                     "limits.cpus",
                     None,
@@ -497,7 +514,12 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
         }
         if let Some(p) = l.pids {
             if p == 0 {
-                return Err(bad("limits.pids", None, "must be positive".into(), "write e.g. `512`"));
+                return Err(bad(
+                    "limits.pids",
+                    None,
+                    "must be positive".into(),
+                    "write e.g. `512`",
+                ));
             }
             limits.pids = p;
         }
@@ -509,8 +531,14 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
         Some(p) => {
             let (abs, source) = resolve_local(root, &agent_dir, p, false)
                 .map_err(|(pr, h)| bad("prompt", Some(p), pr, &h))?;
-            let tree = tree::hash_single_file(&abs)
-                .map_err(|w| bad("prompt", Some(p), format!("`{source}` {}", w.problem), &w.help))?;
+            let tree = tree::hash_single_file(&abs).map_err(|w| {
+                bad(
+                    "prompt",
+                    Some(p),
+                    format!("`{source}` {}", w.problem),
+                    &w.help,
+                )
+            })?;
             Some(LocalInput { source, tree })
         }
     };
@@ -519,8 +547,16 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
     let mut files = Vec::new();
     for (dest, src) in &raw.files {
         let field = format!("files.{dest}");
-        let dest_rel = image_path(dest).map_err(|p| bad(&field, Some(dest), p, "write an absolute path inside the image, e.g. `/home/agent/.claude/CLAUDE.md`"))?;
-        let input = local_input(root, &agent_dir, src).map_err(|(p, h)| bad(&field, Some(src), p, &h))?;
+        let dest_rel = image_path(dest).map_err(|p| {
+            bad(
+                &field,
+                Some(dest),
+                p,
+                "write an absolute path inside the image, e.g. `/home/agent/.claude/CLAUDE.md`",
+            )
+        })?;
+        let input =
+            local_input(root, &agent_dir, src).map_err(|(p, h)| bad(&field, Some(src), p, &h))?;
         files.push((dest_rel, input));
     }
 
@@ -559,7 +595,12 @@ pub fn load_recipe(root: &Path, name: &str) -> Result<Recipe, ManifestError> {
         From::Scratch
     } else {
         check_reference(&raw.from).map_err(|p| {
-            bad("from", Some(&raw.from), p, "write `scratch` or an OCI reference such as `debian:bookworm-slim`")
+            bad(
+                "from",
+                Some(&raw.from),
+                p,
+                "write `scratch` or an OCI reference such as `debian:bookworm-slim`",
+            )
         })?;
         From::Reference(raw.from.clone())
     };
@@ -567,7 +608,10 @@ pub fn load_recipe(root: &Path, name: &str) -> Result<Recipe, ManifestError> {
     let mut dests = BTreeSet::new();
     for (i, f) in raw.fetch.iter().enumerate() {
         let field = format!("fetch[{i}]");
-        if !(f.url.starts_with("https://") || f.url.starts_with("http://") || f.url.starts_with("file:///")) {
+        if !(f.url.starts_with("https://")
+            || f.url.starts_with("http://")
+            || f.url.starts_with("file:///"))
+        {
             return Err(bad(
                 &format!("{field}.url"),
                 Some(&f.url),
@@ -591,17 +635,34 @@ pub fn load_recipe(root: &Path, name: &str) -> Result<Recipe, ManifestError> {
             }
         };
         let dest = image_path(&f.dest).map_err(|p| {
-            bad(&format!("{field}.dest"), Some(&f.dest), p, "write an absolute path inside the image, e.g. `/usr/local/bin/tool`")
+            bad(
+                &format!("{field}.dest"),
+                Some(&f.dest),
+                p,
+                "write an absolute path inside the image, e.g. `/usr/local/bin/tool`",
+            )
         })?;
         if !dests.insert(dest.clone()) {
-            return Err(bad(&format!("{field}.dest"), Some(&f.dest), format!("`{}` is written twice", f.dest), "give each fetched input its own destination"));
+            return Err(bad(
+                &format!("{field}.dest"),
+                Some(&f.dest),
+                format!("`{}` is written twice", f.dest),
+                "give each fetched input its own destination",
+            ));
         }
         let mode = match &f.mode {
             None => 0o644,
             Some(m) => u32::from_str_radix(m, 8)
                 .ok()
                 .filter(|v| *v <= 0o7777)
-                .ok_or_else(|| bad(&format!("{field}.mode"), Some(m), format!("`{m}` is not an octal mode"), "write the mode as a string of octal digits, e.g. \"0755\""))?,
+                .ok_or_else(|| {
+                    bad(
+                        &format!("{field}.mode"),
+                        Some(m),
+                        format!("`{m}` is not an octal mode"),
+                        "write the mode as a string of octal digits, e.g. \"0755\"",
+                    )
+                })?,
         };
         fetch.push(Fetch {
             url: f.url.clone(),
@@ -615,14 +676,29 @@ pub fn load_recipe(root: &Path, name: &str) -> Result<Recipe, ManifestError> {
     let mut files = Vec::new();
     for (dest, src) in &raw.files {
         let field = format!("files.{dest}");
-        let dest_rel = image_path(dest).map_err(|p| bad(&field, Some(dest), p, "write an absolute path inside the image"))?;
-        let input = local_input(root, "images", src).map_err(|(p, h)| bad(&field, Some(src), p, &h))?;
+        let dest_rel = image_path(dest).map_err(|p| {
+            bad(
+                &field,
+                Some(dest),
+                p,
+                "write an absolute path inside the image",
+            )
+        })?;
+        let input =
+            local_input(root, "images", src).map_err(|(p, h)| bad(&field, Some(src), p, &h))?;
         files.push((dest_rel, input));
     }
     let mut links = Vec::new();
     for (path, target) in &raw.links {
         let field = format!("links.{path}");
-        let rel = image_path(path).map_err(|p| bad(&field, Some(path), p, "write an absolute path inside the image, e.g. `/bin/sh`"))?;
+        let rel = image_path(path).map_err(|p| {
+            bad(
+                &field,
+                Some(path),
+                p,
+                "write an absolute path inside the image, e.g. `/bin/sh`",
+            )
+        })?;
         if target.is_empty() || !tree::stays_inside(&rel, target) && !target.starts_with('/') {
             return Err(bad(
                 &field,
@@ -635,7 +711,12 @@ pub fn load_recipe(root: &Path, name: &str) -> Result<Recipe, ManifestError> {
     }
     for (i, (k, _)) in raw.env.iter().enumerate() {
         if !policy::is_env_name(k) {
-            return Err(bad(&format!("env.{k}"), Some(k), format!("`{k}` is not a valid environment variable name (entry {i})"), "use letters, digits and `_`"));
+            return Err(bad(
+                &format!("env.{k}"),
+                Some(k),
+                format!("`{k}` is not a valid environment variable name (entry {i})"),
+                "use letters, digits and `_`",
+            ));
         }
     }
     if let Some(w) = &raw.workdir {
@@ -643,7 +724,12 @@ pub fn load_recipe(root: &Path, name: &str) -> Result<Recipe, ManifestError> {
     }
     if let Some(u) = &raw.user {
         if u.is_empty() || u.contains(char::is_whitespace) {
-            return Err(bad("user", Some(u), format!("`{u}` is not a user"), "write `uid:gid` such as `1000:1000`, or a user name"));
+            return Err(bad(
+                "user",
+                Some(u),
+                format!("`{u}` is not a user"),
+                "write `uid:gid` such as `1000:1000`, or a user name",
+            ));
         }
     }
     Ok(Recipe {
@@ -666,7 +752,13 @@ fn read_text(root: &Path, rel: &str, file: &str, help: &str) -> Result<String, M
     let path = root.join(rel);
     match fs::read(&path) {
         Ok(bytes) => String::from_utf8(bytes).map_err(|_| {
-            ManifestError::invalid(file, None, "", "is not UTF-8 text", "save the file as UTF-8 JSON")
+            ManifestError::invalid(
+                file,
+                None,
+                "",
+                "is not UTF-8 text",
+                "save the file as UTF-8 JSON",
+            )
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ManifestError::invalid(
             file,
@@ -683,7 +775,12 @@ fn read_text(root: &Path, rel: &str, file: &str, help: &str) -> Result<String, M
     }
 }
 
-fn check_schema(file: &str, text: &str, value: &serde_json::Value, want: u32) -> Result<(), ManifestError> {
+fn check_schema(
+    file: &str,
+    text: &str,
+    value: &serde_json::Value,
+    want: u32,
+) -> Result<(), ManifestError> {
     let at = json::locate(text, "schema");
     match value.get("schema") {
         Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(want)) => Ok(()),
@@ -713,8 +810,9 @@ fn check_schema(file: &str, text: &str, value: &serde_json::Value, want: u32) ->
 
 fn is_recipe_name(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.'))
+        && s.bytes().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.')
+        })
         && !s.contains(':')
 }
 
@@ -809,12 +907,19 @@ fn resolve_local(
         Err(e) => return Err((format!("`{source}`: {e}"), String::new())),
     };
     if want_dir && !meta.is_dir() {
-        return Err((format!("`{source}` is not a folder"), "name a folder".into()));
+        return Err((
+            format!("`{source}` is not a folder"),
+            "name a folder".into(),
+        ));
     }
     if !want_dir && !meta.is_file() {
-        return Err((format!("`{source}` is not a regular file"), "name a file".into()));
+        return Err((
+            format!("`{source}` is not a regular file"),
+            "name a file".into(),
+        ));
     }
-    let canon_root = fs::canonicalize(root).map_err(|e| (format!("project root: {e}"), String::new()))?;
+    let canon_root =
+        fs::canonicalize(root).map_err(|e| (format!("project root: {e}"), String::new()))?;
     let canon = fs::canonicalize(&abs).map_err(|e| (format!("`{source}`: {e}"), String::new()))?;
     let allowed = if lexical_inside_base && !explicit {
         canon_root.join(base)
@@ -841,7 +946,11 @@ fn local_input(root: &Path, base: &str, rel: &str) -> Result<LocalInput, (String
         tree::hash_single_file(&abs)
     }
     .map_err(|w| {
-        let at = if w.rel.is_empty() { source.clone() } else { format!("{source}/{}", w.rel) };
+        let at = if w.rel.is_empty() {
+            source.clone()
+        } else {
+            format!("{source}/{}", w.rel)
+        };
         (format!("`{at}`: {}", w.problem), w.help)
     })?;
     Ok(LocalInput { source, tree })
@@ -876,17 +985,27 @@ pub fn front_matter(md: &str) -> Result<BTreeMap<String, String>, String> {
             continue;
         }
         let Some((k, v)) = line.split_once(':') else {
-            return Err(format!("line {lineno}: `{}` is not a `key: value` line", line.trim()));
+            return Err(format!(
+                "line {lineno}: `{}` is not a `key: value` line",
+                line.trim()
+            ));
         };
         let k = k.trim();
-        if k.is_empty() || !k.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_') {
+        if k.is_empty()
+            || !k
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        {
             return Err(format!("line {lineno}: `{k}` is not a key"));
         }
         if out.contains_key(k) {
             return Err(format!("line {lineno}: key `{k}` appears twice"));
         }
         let mut v = v.trim();
-        if v.len() >= 2 && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\''))) {
+        if v.len() >= 2
+            && ((v.starts_with('"') && v.ends_with('"'))
+                || (v.starts_with('\'') && v.ends_with('\'')))
+        {
             v = &v[1..v.len() - 1];
         }
         let v = if v == "|" || v == ">" { "" } else { v };
@@ -898,3 +1017,34 @@ pub fn front_matter(md: &str) -> Result<BTreeMap<String, String>, String> {
 
 #[cfg(test)]
 mod tests;
+
+/// The project root: `explicit` when given, else the nearest ancestor of
+/// `cwd` holding an `agents/` folder.
+pub fn find_root(explicit: Option<&Path>, cwd: &Path) -> Result<PathBuf, ManifestError> {
+    if let Some(r) = explicit {
+        if r.join("agents").is_dir() {
+            return Ok(r.to_path_buf());
+        }
+        return Err(ManifestError::invalid(
+            r.display().to_string(),
+            None,
+            "",
+            "has no `agents/` folder",
+            "pass --root (or BOTTLE_ROOT) pointing at the folder holding `agents/`, `images/` and `lockfiles/`",
+        ));
+    }
+    let mut dir = Some(cwd);
+    while let Some(d) = dir {
+        if d.join("agents").is_dir() {
+            return Ok(d.to_path_buf());
+        }
+        dir = d.parent();
+    }
+    Err(ManifestError::invalid(
+        cwd.display().to_string(),
+        None,
+        "",
+        "neither this folder nor any parent has an `agents/` folder",
+        "run bottle inside a project, or pass --root DIR",
+    ))
+}

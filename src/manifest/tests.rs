@@ -58,7 +58,10 @@ fn loads_a_valid_agent() {
 #[test]
 fn defaults_are_merged_unless_opted_out() {
     let d = project();
-    write_manifest(d.path(), r#"{"schema": 1, "image": "base", "egress": {"allow": ["example.com"]}}"#);
+    write_manifest(
+        d.path(),
+        r#"{"schema": 1, "image": "base", "egress": {"allow": ["example.com"]}}"#,
+    );
     let a = load_agent(d.path(), "a").unwrap();
     for h in crate::policy::DEFAULT_ALLOW {
         assert!(a.egress.allow.iter().any(|x| x == h), "{h}");
@@ -79,35 +82,54 @@ fn errors_name_file_field_and_line() {
     assert_eq!(e.at.unwrap().0, 3);
     assert!(e.problem.contains("scheme"), "{}", e.problem);
 
-    write_manifest(d.path(), "{\"schema\": 1, \"image\": \"base\", \"egres\": {}}");
+    write_manifest(
+        d.path(),
+        "{\"schema\": 1, \"image\": \"base\", \"egres\": {}}",
+    );
     let e = err(d.path());
     assert!(e.problem.contains("unknown field `egres`"), "{}", e.problem);
 
     write_manifest(d.path(), "{\"schema\": 2, \"image\": \"base\"}");
     assert_eq!(err(d.path()).field, "schema");
 
-    write_manifest(d.path(), "{\"schema\": 1, \"image\": \"base\", \"env\": [\"X\", \"X\"]}");
+    write_manifest(
+        d.path(),
+        "{\"schema\": 1, \"image\": \"base\", \"env\": [\"X\", \"X\"]}",
+    );
     assert_eq!(err(d.path()).field, "env[1]");
 }
 
 #[test]
 fn paths_may_not_escape() {
     let d = project();
-    write_manifest(d.path(), r#"{"schema": 1, "image": "base", "prompt": "../../../etc/hostname"}"#);
+    write_manifest(
+        d.path(),
+        r#"{"schema": 1, "image": "base", "prompt": "../../../etc/hostname"}"#,
+    );
     let e = err(d.path());
     assert_eq!(e.field, "prompt");
     assert!(e.problem.contains("escapes"), "{}", e.problem);
 
     // Explicit `..` inside the project is fine.
     fs::create_dir_all(d.path().join("shared/s")).unwrap();
-    fs::write(d.path().join("shared/s/SKILL.md"), "---\nname: s\ndescription: d\n---\n").unwrap();
-    write_manifest(d.path(), r#"{"schema": 1, "image": "base", "skills": ["../../shared/s"]}"#);
+    fs::write(
+        d.path().join("shared/s/SKILL.md"),
+        "---\nname: s\ndescription: d\n---\n",
+    )
+    .unwrap();
+    write_manifest(
+        d.path(),
+        r#"{"schema": 1, "image": "base", "skills": ["../../shared/s"]}"#,
+    );
     let a = load_agent(d.path(), "a").unwrap();
     assert_eq!(a.skills[0].input.source, "shared/s");
 
     // A symlinked prompt leading out of the agent folder is not explicit.
     std::os::unix::fs::symlink("../../shared/s/SKILL.md", d.path().join("agents/a/p.md")).unwrap();
-    write_manifest(d.path(), r#"{"schema": 1, "image": "base", "prompt": "p.md"}"#);
+    write_manifest(
+        d.path(),
+        r#"{"schema": 1, "image": "base", "prompt": "p.md"}"#,
+    );
     assert!(err(d.path()).problem.contains("symlink"));
 }
 

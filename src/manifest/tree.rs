@@ -128,8 +128,8 @@ fn walk_into(dir: &Path, prefix: &str, out: &mut Vec<TreeEntry>) -> Result<(), W
         };
         let rel = format!("{prefix}{name_str}");
         let path = dir.join(&name);
-        let meta = fs::symlink_metadata(&path)
-            .map_err(|e| werr(&rel, format!("cannot stat: {e}"), ""))?;
+        let meta =
+            fs::symlink_metadata(&path).map_err(|e| werr(&rel, format!("cannot stat: {e}"), ""))?;
         let ft = meta.file_type();
         if ft.is_symlink() {
             let target = fs::read_link(&path)
@@ -157,7 +157,8 @@ fn walk_into(dir: &Path, prefix: &str, out: &mut Vec<TreeEntry>) -> Result<(), W
             });
             walk_into(&path, &format!("{rel}/"), out)?;
         } else if ft.is_file() {
-            let sha = sha256_file(&path).map_err(|e| werr(&rel, format!("cannot read: {e}"), ""))?;
+            let sha =
+                sha256_file(&path).map_err(|e| werr(&rel, format!("cannot read: {e}"), ""))?;
             out.push(TreeEntry {
                 rel,
                 mode: file_mode(&meta),
