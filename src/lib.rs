@@ -12,3 +12,5 @@ pub mod lock;
 pub mod manifest;
 pub mod oci;
 pub mod policy;
+pub mod progress;
+pub mod registry;

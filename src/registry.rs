@@ -1,0 +1,750 @@
+//! Publishing and fetching images (ko's publisher half): push a
+//! [`BuiltImage`] from the blob store to a registry, check a manifest is
+//! there, pull an image (resolving tags and image indexes to one platform's
+//! manifest digest) into the blob store.
+//!
+//! Invariants: blobs the registry already has are not uploaded (HEAD first);
+//! the manifest is pushed by digest before any tag, so a tag never names a
+//! manifest that is not there; every fetched manifest and blob is hashed and
+//! compared with the digest that named it before it lands in the store.
+//! Loopback registries (`localhost`, `127.0.0.0/8`, `::1`) are spoken to
+//! over plain HTTP, everything else over HTTPS.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde_json::Value;
+
+use crate::error::{Classify, ExitKind};
+use crate::oci::digest::{hex_part, sha256_digest};
+use crate::oci::image::{Platform, parse_manifest};
+use crate::oci::spec::Digest;
+use crate::oci::{BlobStore, BuiltImage, OciError, media};
+use crate::progress::Progress;
+
+const HOW_TO_START: &str = "start one with `docker-registry serve <config.yml>` \
+(Debian: `apt-get install docker-registry`; config: `http.addr: 127.0.0.1:5000`, \
+filesystem storage), or point --registry / BOTTLE_REGISTRY at a registry that is running";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("bad registry `{registry}`: {reason}")]
+    BadRegistry { registry: String, reason: String },
+    #[error("bad image reference `{reference}`: {reason}")]
+    BadReference { reference: String, reason: String },
+    #[error("registry {registry} is unreachable while trying to {action}; {HOW_TO_START}")]
+    Unreachable {
+        registry: String,
+        action: String,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error("{what}: not found in registry {registry}")]
+    NotFound { registry: String, what: String },
+    #[error("{what}: digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{reference} has no image for platform {platform} (available: {available})")]
+    NoPlatform {
+        reference: String,
+        platform: String,
+        available: String,
+    },
+    #[error("registry {registry} failed to {action}")]
+    Protocol {
+        registry: String,
+        action: String,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error(transparent)]
+    Oci(#[from] OciError),
+}
+
+impl Classify for RegistryError {
+    fn exit_kind(&self) -> ExitKind {
+        match self {
+            RegistryError::BadRegistry { .. }
+            | RegistryError::BadReference { .. }
+            | RegistryError::NoPlatform { .. } => ExitKind::BadInput,
+            RegistryError::Unreachable { .. } | RegistryError::Protocol { .. } => {
+                ExitKind::Environment
+            }
+            RegistryError::NotFound { .. } | RegistryError::DigestMismatch { .. } => {
+                ExitKind::Failure
+            }
+            RegistryError::Oci(e) => e.exit_kind(),
+        }
+    }
+}
+
+/// What a push did (the "bytes uploaded" the benchmarks report).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PushStats {
+    pub blobs_uploaded: usize,
+    pub bytes_uploaded: u64,
+    pub blobs_skipped: usize,
+}
+
+/// Where a pull ended: the platform manifest now in the blob store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledImage {
+    /// The registry host the image came from (`docker.io` for short names).
+    pub registry: String,
+    pub repository: String,
+    /// Digest of the platform's image manifest (what a lockfile pins).
+    pub manifest_digest: Digest,
+    /// Digest of the image index, when the reference named one.
+    pub index_digest: Option<Digest>,
+    pub platform: Platform,
+    pub blobs_downloaded: usize,
+}
+
+/// True for `localhost`, `127.0.0.0/8` and `::1` (with or without port).
+pub fn is_loopback(registry: &str) -> bool {
+    let host = host_part(registry);
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .map(|ip| ip.is_loopback())
+        .unwrap_or(false)
+}
+
+fn host_part(registry: &str) -> &str {
+    if registry.parse::<IpAddr>().is_ok() {
+        // A bare IPv6 address: its colons are not a port separator.
+        return registry;
+    }
+    if let Some(rest) = registry.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match registry.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => registry,
+    }
+}
+
+fn validate_registry(registry: &str) -> Result<(), RegistryError> {
+    let bad = |reason: &str| RegistryError::BadRegistry {
+        registry: registry.to_string(),
+        reason: reason.to_string(),
+    };
+    if registry.is_empty() {
+        return Err(bad("it is empty; give HOST[:PORT], e.g. localhost:5000"));
+    }
+    if registry.contains("://") {
+        return Err(bad(
+            "give HOST[:PORT] without a scheme; loopback hosts use HTTP, others HTTPS",
+        ));
+    }
+    if registry.contains('/') || registry.contains('@') || registry.chars().any(char::is_whitespace)
+    {
+        return Err(bad("give HOST[:PORT] only (no path, user or spaces)"));
+    }
+    Ok(())
+}
+
+/// A client for one registry host.
+pub struct RegistryClient {
+    registry: String,
+    client: Client,
+}
+
+impl RegistryClient {
+    /// `registry` is `HOST[:PORT]` (e.g. `localhost:5000`, `127.0.0.1:5001`).
+    pub fn new(registry: &str) -> Result<Self, RegistryError> {
+        validate_registry(registry)?;
+        let protocol = if is_loopback(registry) {
+            ClientProtocol::HttpsExcept(vec![registry.to_string()])
+        } else {
+            ClientProtocol::Https
+        };
+        let config = ClientConfig {
+            protocol,
+            // One PUT per blob: fewer round trips than chunked PATCHes.
+            use_monolithic_push: true,
+            connect_timeout: Some(Duration::from_secs(10)),
+            ..ClientConfig::default()
+        };
+        Ok(RegistryClient {
+            registry: registry.to_string(),
+            client: Client::new(config),
+        })
+    }
+
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    fn reference(&self, repo: &str, digest: &str) -> Result<Reference, RegistryError> {
+        let text = format!("{}/{repo}@{digest}", self.registry);
+        let r: Reference =
+            text.parse()
+                .map_err(|e: oci_client::ParseError| RegistryError::BadReference {
+                    reference: text.clone(),
+                    reason: e.to_string(),
+                })?;
+        if r.repository() != repo {
+            return Err(RegistryError::BadReference {
+                reference: text,
+                reason: "the repository name is not in canonical form (lowercase, `/`-separated)"
+                    .into(),
+            });
+        }
+        Ok(r)
+    }
+
+    fn classify(&self, action: impl Into<String>, e: OciDistributionError) -> RegistryError {
+        let action = action.into();
+        if is_unreachable(&e) {
+            RegistryError::Unreachable {
+                registry: self.registry.clone(),
+                action,
+                source: e,
+            }
+        } else if is_not_found(&e) {
+            RegistryError::NotFound {
+                registry: self.registry.clone(),
+                what: action,
+            }
+        } else if let OciDistributionError::DigestError(
+            oci_client::errors::DigestError::VerificationError { expected, actual },
+        ) = &e
+        {
+            RegistryError::DigestMismatch {
+                what: action,
+                expected: expected.clone(),
+                actual: actual.clone(),
+            }
+        } else {
+            RegistryError::Protocol {
+                registry: self.registry.clone(),
+                action,
+                source: e,
+            }
+        }
+    }
+
+    /// Push every blob the registry lacks, then the manifest by digest, then
+    /// `tag` (if any). Blobs are read from `store`.
+    pub async fn push(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        image: &BuiltImage,
+        store: &BlobStore,
+        progress: &Progress,
+    ) -> Result<PushStats, RegistryError> {
+        let by_digest = self.reference(repo, &image.manifest_digest)?;
+        let tagged = match tag {
+            Some(t) => {
+                let text = format!("{}/{repo}:{t}", self.registry);
+                Some(
+                    text.parse::<Reference>()
+                        .map_err(|e| RegistryError::BadReference {
+                            reference: text.clone(),
+                            reason: e.to_string(),
+                        })?,
+                )
+            }
+            None => None,
+        };
+        self.client
+            .store_auth_if_needed(&self.registry, &RegistryAuth::Anonymous)
+            .await;
+
+        let mut blobs: Vec<(&str, &str)> = image
+            .layers
+            .iter()
+            .map(|l| (l.digest.as_str(), l.name.as_str()))
+            .collect();
+        blobs.push((image.config_digest.as_str(), "config"));
+        let mut seen = std::collections::BTreeSet::new();
+        let mut stats = PushStats::default();
+        for (digest, name) in blobs {
+            if !seen.insert(digest) {
+                continue;
+            }
+            let present = self
+                .client
+                .blob_exists(&by_digest, digest)
+                .await
+                .map_err(|e| self.classify(format!("check blob {digest} in {repo}"), e))?;
+            if present {
+                stats.blobs_skipped += 1;
+                continue;
+            }
+            let size = store.size(digest)?;
+            let path = store.blob_path(digest)?;
+            let file = store.open_blob(digest, name)?;
+            let bar = progress.bytes(size, name);
+            let stream = file_chunks(file, path, bar.clone());
+            self.client
+                .push_blob_stream(&by_digest, stream, digest, Some(size))
+                .await
+                .map_err(|e| {
+                    self.classify(format!("upload blob {digest} ({name}) to {repo}"), e)
+                })?;
+            bar.finish("uploaded");
+            stats.blobs_uploaded += 1;
+            stats.bytes_uploaded += size;
+        }
+
+        let content_type = http_header(media::OCI_MANIFEST);
+        self.client
+            .push_manifest_raw(&by_digest, image.manifest.clone(), content_type.clone())
+            .await
+            .map_err(|e| {
+                self.classify(
+                    format!("push manifest {} to {repo}", image.manifest_digest),
+                    e,
+                )
+            })?;
+        stats.bytes_uploaded += image.manifest.len() as u64;
+        if let Some(tagged) = tagged {
+            self.client
+                .push_manifest_raw(&tagged, image.manifest.clone(), content_type)
+                .await
+                .map_err(|e| self.classify(format!("tag {repo}:{}", tag.unwrap_or_default()), e))?;
+        }
+        Ok(stats)
+    }
+
+    /// Is the manifest `digest` in `repo`? (A HEAD; `lock` uses it to see
+    /// whether the registry lost an image it should have.)
+    pub async fn manifest_exists(&self, repo: &str, digest: &str) -> Result<bool, RegistryError> {
+        hex_part(digest)?;
+        let r = self.reference(repo, digest)?;
+        match self
+            .client
+            .fetch_manifest_digest(&r, &RegistryAuth::Anonymous)
+            .await
+        {
+            Ok(found) if found == digest => Ok(true),
+            Ok(found) => Err(RegistryError::DigestMismatch {
+                what: format!("manifest {repo}@{digest} in {}", self.registry),
+                expected: digest.to_string(),
+                actual: found,
+            }),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(self.classify(format!("look up manifest {repo}@{digest}"), e)),
+        }
+    }
+
+    /// Pull `repo` at `tag_or_digest` (`latest`, `sha256:…`) for `platform`
+    /// into the store; every blob verified. Blobs already in the store are
+    /// not fetched again.
+    pub async fn pull(
+        &self,
+        repo: &str,
+        tag_or_digest: &str,
+        platform: &Platform,
+        store: &BlobStore,
+        progress: &Progress,
+    ) -> Result<PulledImage, RegistryError> {
+        let sep = if tag_or_digest.starts_with("sha256:") {
+            "@"
+        } else {
+            ":"
+        };
+        let text = format!("{}/{repo}{sep}{tag_or_digest}", self.registry);
+        let reference: Reference =
+            text.parse()
+                .map_err(|e: oci_client::ParseError| RegistryError::BadReference {
+                    reference: text.clone(),
+                    reason: e.to_string(),
+                })?;
+        self.pull_reference(&reference, &text, platform, store, progress)
+            .await
+    }
+
+    async fn pull_reference(
+        &self,
+        reference: &Reference,
+        shown: &str,
+        platform: &Platform,
+        store: &BlobStore,
+        progress: &Progress,
+    ) -> Result<PulledImage, RegistryError> {
+        const ACCEPT: &[&str] = &[
+            media::OCI_MANIFEST,
+            media::OCI_INDEX,
+            media::DOCKER_MANIFEST,
+            media::DOCKER_MANIFEST_LIST,
+        ];
+        self.client
+            .store_auth_if_needed(reference.resolve_registry(), &RegistryAuth::Anonymous)
+            .await;
+        let (bytes, _) = self
+            .client
+            .pull_manifest_raw(reference, &RegistryAuth::Anonymous, ACCEPT)
+            .await
+            .map_err(|e| self.classify(format!("fetch manifest {shown}"), e))?;
+        let first_digest = sha256_digest(&bytes);
+        if let Some(want) = reference.digest()
+            && want != first_digest
+        {
+            return Err(RegistryError::DigestMismatch {
+                what: format!("manifest {shown}"),
+                expected: want.to_string(),
+                actual: first_digest,
+            });
+        }
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| OciError::Json {
+            what: format!("manifest {shown}"),
+            source: e,
+        })?;
+        let (manifest, manifest_digest, index_digest) = if is_index(&value) {
+            let chosen = choose_platform(&value, platform, shown)?;
+            store.put_expected(&first_digest, &bytes)?;
+            let by_digest = Reference::with_digest(
+                reference.registry().to_string(),
+                reference.repository().to_string(),
+                chosen.clone(),
+            );
+            let (m, _) = self
+                .client
+                .pull_manifest_raw(&by_digest, &RegistryAuth::Anonymous, ACCEPT)
+                .await
+                .map_err(|e| self.classify(format!("fetch manifest {shown} ({platform})"), e))?;
+            let got = sha256_digest(&m);
+            if got != chosen {
+                return Err(RegistryError::DigestMismatch {
+                    what: format!("manifest {shown} ({platform})"),
+                    expected: chosen,
+                    actual: got,
+                });
+            }
+            (m, chosen, Some(first_digest))
+        } else {
+            (bytes, first_digest, None)
+        };
+
+        let parsed = parse_manifest(&manifest, &manifest_digest)?;
+        let mut downloaded = 0;
+        let config_desc = (parsed.config_digest.clone(), 0u64, "config".to_string());
+        let mut wanted = vec![config_desc];
+        for (i, l) in parsed.layers.iter().enumerate() {
+            wanted.push((l.digest.clone(), l.size, format!("layer {i}")));
+        }
+        let blob_ref = Reference::with_digest(
+            reference.registry().to_string(),
+            reference.repository().to_string(),
+            manifest_digest.clone(),
+        );
+        for (digest, size, name) in &wanted {
+            if store.has(digest) {
+                continue;
+            }
+            self.fetch_blob(&blob_ref, digest, *size, name, shown, store, progress)
+                .await?;
+            downloaded += 1;
+        }
+        // The manifest goes in last: its presence means the whole image is.
+        store.put_expected(&manifest_digest, &manifest)?;
+        let image = BuiltImage::from_store(&manifest_digest, store)?;
+        if image.platform.os != platform.os || image.platform.architecture != platform.architecture
+        {
+            return Err(RegistryError::NoPlatform {
+                reference: shown.to_string(),
+                platform: platform.to_string(),
+                available: image.platform.to_string(),
+            });
+        }
+        Ok(PulledImage {
+            registry: reference.registry().to_string(),
+            repository: reference.repository().to_string(),
+            manifest_digest,
+            index_digest,
+            platform: image.platform,
+            blobs_downloaded: downloaded,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_blob(
+        &self,
+        reference: &Reference,
+        digest: &str,
+        size: u64,
+        name: &str,
+        shown: &str,
+        store: &BlobStore,
+        progress: &Progress,
+    ) -> Result<(), RegistryError> {
+        let desc = OciDescriptor {
+            digest: digest.to_string(),
+            size: size as i64,
+            ..OciDescriptor::default()
+        };
+        let what = format!("{name} {digest} of {shown}");
+        let sized = self
+            .client
+            .pull_blob_stream(reference, &desc)
+            .await
+            .map_err(|e| self.classify(format!("fetch {what}"), e))?;
+        let bar = progress.bytes(sized.content_length.unwrap_or(size), name);
+        let mut stream = sized.stream;
+        let mut w = store.writer()?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                if let Some(oci_client::errors::DigestError::VerificationError {
+                    expected,
+                    actual,
+                }) = e.get_ref().and_then(|x| x.downcast_ref())
+                {
+                    return RegistryError::DigestMismatch {
+                        what: what.clone(),
+                        expected: expected.clone(),
+                        actual: actual.clone(),
+                    };
+                }
+                self.classify(format!("fetch {what}"), OciDistributionError::IoError(e))
+            })?;
+            std::io::Write::write_all(&mut w, &chunk)
+                .map_err(|e| OciError::io("cannot write", w.temp_path().to_path_buf(), e))?;
+            bar.inc(chunk.len() as u64);
+        }
+        w.commit(Some(digest)).map_err(|e| match e {
+            OciError::DigestMismatch {
+                expected, actual, ..
+            } => RegistryError::DigestMismatch {
+                what: what.clone(),
+                expected,
+                actual,
+            },
+            other => other.into(),
+        })?;
+        bar.finish("fetched");
+        Ok(())
+    }
+}
+
+/// Push `image` to `registry/repo` (and tag it); see [`RegistryClient::push`].
+pub async fn push(
+    registry: &str,
+    repo: &str,
+    tag: Option<&str>,
+    image: &BuiltImage,
+    store: &BlobStore,
+    progress: &Progress,
+) -> Result<PushStats, RegistryError> {
+    RegistryClient::new(registry)?
+        .push(repo, tag, image, store, progress)
+        .await
+}
+
+/// Is `registry/repo@digest` there?
+pub async fn manifest_exists(
+    registry: &str,
+    repo: &str,
+    digest: &str,
+) -> Result<bool, RegistryError> {
+    RegistryClient::new(registry)?
+        .manifest_exists(repo, digest)
+        .await
+}
+
+/// Pull a full reference (`host[:port]/repo:tag`, `…@sha256:…`, or a short
+/// Docker Hub name) for `platform` into the store.
+pub async fn pull_image(
+    reference: &str,
+    platform: &Platform,
+    store: &BlobStore,
+    progress: &Progress,
+) -> Result<PulledImage, RegistryError> {
+    let parsed: Reference =
+        reference
+            .parse()
+            .map_err(|e: oci_client::ParseError| RegistryError::BadReference {
+                reference: reference.to_string(),
+                reason: e.to_string(),
+            })?;
+    let client = RegistryClient::new(parsed.registry())?;
+    client
+        .pull_reference(&parsed, reference, platform, store, progress)
+        .await
+}
+
+fn is_index(v: &Value) -> bool {
+    let mt = v.get("mediaType").and_then(Value::as_str).unwrap_or("");
+    mt == media::OCI_INDEX || mt == media::DOCKER_MANIFEST_LIST || v.get("manifests").is_some()
+}
+
+/// The manifest digest for `platform` in an image index. An entry without a
+/// variant matches any variant request only when no entry names it exactly.
+fn choose_platform(
+    index: &Value,
+    platform: &Platform,
+    shown: &str,
+) -> Result<Digest, RegistryError> {
+    let entries = index
+        .get("manifests")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut available = Vec::new();
+    let mut loose = None;
+    for e in &entries {
+        let p = e.get("platform");
+        let s = |k: &str| p.and_then(|p| p.get(k)).and_then(Value::as_str);
+        let (Some(os), Some(arch), Some(digest)) = (
+            s("os"),
+            s("architecture"),
+            e.get("digest").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        let variant = s("variant");
+        available.push(match variant {
+            Some(v) => format!("{os}/{arch}/{v}"),
+            None => format!("{os}/{arch}"),
+        });
+        if os != platform.os || arch != platform.architecture {
+            continue;
+        }
+        hex_part(digest)?;
+        match (&platform.variant, variant) {
+            (Some(want), Some(v)) if want == v => return Ok(digest.to_string()),
+            (None, None) => return Ok(digest.to_string()),
+            _ => {
+                loose.get_or_insert_with(|| digest.to_string());
+            }
+        }
+    }
+    loose.ok_or_else(|| RegistryError::NoPlatform {
+        reference: shown.to_string(),
+        platform: platform.to_string(),
+        available: if available.is_empty() {
+            "none".into()
+        } else {
+            available.join(", ")
+        },
+    })
+}
+
+fn http_header(v: &'static str) -> hyper::header::HeaderValue {
+    hyper::header::HeaderValue::from_static(v)
+}
+
+/// Read a blob file in 1 MiB chunks as a stream, ticking the bar.
+fn file_chunks(
+    mut file: File,
+    path: std::path::PathBuf,
+    bar: crate::progress::Bar,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>> + Send + 'static {
+    let mut done = false;
+    futures_util::stream::iter(std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let mut buf = vec![0u8; 1 << 20];
+        match file.read(&mut buf) {
+            Ok(0) => {
+                done = true;
+                None
+            }
+            Ok(n) => {
+                buf.truncate(n);
+                bar.inc(n as u64);
+                Some(Ok(bytes::Bytes::from(buf)))
+            }
+            Err(e) => {
+                done = true;
+                Some(Err(OciDistributionError::IoError(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot read {}: {e}", path.display()),
+                ))))
+            }
+        }
+    }))
+}
+
+fn is_unreachable(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::RequestError(r) => r.is_connect() || r.is_timeout(),
+        _ => false,
+    }
+}
+
+fn is_not_found(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::ServerError { code: 404, .. } => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|x| {
+            matches!(
+                x.code,
+                OciErrorCode::ManifestUnknown
+                    | OciErrorCode::NameUnknown
+                    | OciErrorCode::BlobUnknown
+            )
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_detection() {
+        for r in [
+            "localhost:5000",
+            "LOCALHOST",
+            "127.0.0.1:5001",
+            "127.1.2.3",
+            "[::1]:5000",
+            "::1",
+        ] {
+            assert!(is_loopback(r), "{r}");
+        }
+        for r in [
+            "registry.example.com:5000",
+            "10.0.0.1:5000",
+            "localhost.example.com",
+            "[::2]:5000",
+        ] {
+            assert!(!is_loopback(r), "{r}");
+        }
+    }
+
+    #[test]
+    fn bad_registries_are_bad_input() {
+        for r in ["", "http://localhost:5000", "localhost:5000/x", "a b"] {
+            let e = RegistryClient::new(r).err().unwrap();
+            assert_eq!(e.exit_kind(), ExitKind::BadInput, "{r}: {e}");
+        }
+    }
+
+    #[test]
+    fn index_platform_choice() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let index = serde_json::json!({"manifests": [
+            {"digest": d('a'), "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+            {"digest": d('b'), "platform": {"os": "linux", "architecture": "amd64"}},
+        ]});
+        let amd = Platform::default();
+        assert_eq!(choose_platform(&index, &amd, "x").unwrap(), d('b'));
+        let arm = Platform::parse("linux/arm64").unwrap();
+        assert_eq!(choose_platform(&index, &arm, "x").unwrap(), d('a'));
+        let e = choose_platform(&index, &Platform::parse("linux/s390x").unwrap(), "x").unwrap_err();
+        assert!(e.to_string().contains("linux/arm64/v8, linux/amd64"), "{e}");
+        assert_eq!(e.exit_kind(), ExitKind::BadInput);
+    }
+}
