@@ -73,10 +73,8 @@ pub enum LockError {
         "--offline: {what} needs the network\n  help: run without --offline once, so the input is pinned and cached"
     )]
     Offline { what: String },
-    #[error(
-        "registry {registry}: {reason}\n  help: start a registry, e.g. `docker-registry serve config.yml` listening on {registry}, or pass --registry / set BOTTLE_REGISTRY"
-    )]
-    Registry { registry: String, reason: String },
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
     #[error("{action} {}: {source}", .path.display())]
     Io {
         action: &'static str,
@@ -117,8 +115,8 @@ impl Classify for LockError {
             LockError::FetchLocal { .. }
             | LockError::Network { .. }
             | LockError::Offline { .. }
-            | LockError::Registry { .. }
             | LockError::Io { .. } => ExitKind::Environment,
+            LockError::Registry(e) => e.exit_kind(),
             LockError::Internal(_) => ExitKind::Failure,
         }
     }
@@ -172,6 +170,7 @@ async fn resolve_pins(
     agent: Agent,
     old: Option<&Lockfile>,
     update: bool,
+    store: &BlobStore,
     notes: &mut Vec<String>,
 ) -> Result<Resolved, LockError> {
     let platform = oci::Platform::parse(&ctx.platform)?.to_string();
@@ -199,7 +198,7 @@ async fn resolve_pins(
                         });
                     }
                     notes.push(format!("resolving base image {r} for {platform}"));
-                    remote::resolve_digest(r, &platform).await?
+                    remote::resolve_digest(r, &platform, store).await?
                 }
             };
             LockedBase {
@@ -259,7 +258,7 @@ async fn resolve_pins(
                         });
                     }
                     notes.push(format!("resolving sidecar image {PIPELOCK_IMAGE}"));
-                    let d = remote::resolve_digest(PIPELOCK_IMAGE, &platform).await?;
+                    let d = remote::resolve_digest(PIPELOCK_IMAGE, &platform, store).await?;
                     Some(format!("{PIPELOCK_IMAGE}@{d}"))
                 }
             }
@@ -287,37 +286,39 @@ pub async fn lock(ctx: &Context, agent_name: &str, update: bool) -> Result<LockO
     let agent = manifest::load_agent(&ctx.root, agent_name)?;
     let old = Lockfile::read(&ctx.root, agent_name)?;
     let mut notes = Vec::new();
-    let r = resolve_pins(ctx, agent, old.as_ref(), update, &mut notes).await?;
+    let store = BlobStore::open(ctx.cache_root.join("oci"))?;
+    let r = resolve_pins(ctx, agent, old.as_ref(), update, &store, &mut notes).await?;
     let policy = r.agent.policy(r.sidecar_image.clone());
     let repo = repository(agent_name);
-    let store = BlobStore::open(ctx.cache_root.join("oci"))?;
 
     if let Some(old) = old.as_ref().filter(|o| {
         !update && o.inputs_hash == r.inputs_hash && o.policy == policy && o.env == r.agent.env
     }) {
         // Nothing changed: confirm the image is where it should be.
         let digest = old.image.manifest_digest.clone();
-        let push = remote::ensure_manifest(&ctx.registry, &repo, &digest, &store).await?;
-        if push.blobs_uploaded > 0 || push.manifest_uploaded {
-            notes.push(format!(
-                "the registry had lost the image; pushed it again from the blob store ({} blobs)",
-                push.blobs_uploaded
-            ));
-        } else {
-            notes.push("up to date; nothing to build".into());
+        if let Some(push) = remote::ensure_manifest(&ctx.registry, &repo, &digest, &store).await? {
+            if push.manifest_uploaded {
+                notes.push(format!(
+                    "the registry had lost the image; pushed it again from the blob store ({} blobs)",
+                    push.blobs_uploaded
+                ));
+            } else {
+                notes.push("up to date; nothing to build".into());
+            }
+            return Ok(LockOutcome {
+                reference: format!("{agent_name}@{digest}"),
+                manifest_digest: digest,
+                rebuilt: false,
+                lockfile_written: false,
+                push,
+                notes,
+            });
         }
-        return Ok(LockOutcome {
-            reference: format!("{agent_name}@{digest}"),
-            manifest_digest: digest,
-            rebuilt: false,
-            lockfile_written: false,
-            push,
-            notes,
-        });
+        notes.push("the image is neither in the registry nor in the blob store; rebuilding".into());
     }
 
     if let Some(d) = &r.base.digest {
-        remote::ensure_base(&ctx.registry, &r.base.reference, d, &store, ctx.offline).await?;
+        remote::ensure_base(&r.base.reference, d, &r.base.platform, &store, ctx.offline).await?;
     }
     let spec = resolve::image_spec(&r.agent, &r.base, &r.fetched, &policy)?;
     let built = oci::build(&spec, &store)?;
@@ -506,7 +507,7 @@ pub async fn check(ctx: &Context, agent_name: &str) -> Result<CheckReport, LockE
     }
     let store = BlobStore::open(ctx.cache_root.join("oci"))?;
     if let Some(d) = &base.digest {
-        remote::ensure_base(&ctx.registry, &base.reference, d, &store, ctx.offline).await?;
+        remote::ensure_base(&base.reference, d, &base.platform, &store, ctx.offline).await?;
     }
     let spec = resolve::image_spec(&agent, &base, &fetched, &policy)?;
     let built = oci::build(&spec, &store)?;

@@ -1,9 +1,12 @@
-//! The registry side of `lock` and `check`, behind a few calls: resolve a
-//! reference to a manifest digest, make sure a base image is in the blob
+//! The registry side of `lock` and `check`, behind four calls over the
+//! `registry` module: resolve a reference to a platform manifest digest (and
+//! keep the image in the blob store), make sure a pinned base is in the
 //! store, push a built image, confirm a pushed manifest is still there.
 
 use super::LockError;
-use crate::oci::{BlobStore, BuiltImage};
+use crate::oci::{BlobStore, BuiltImage, Platform};
+use crate::progress::Progress;
+use crate::registry::{self, RegistryError};
 
 /// What a push moved over the wire.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -11,49 +14,93 @@ pub struct PushStats {
     pub blobs_uploaded: usize,
     pub blobs_skipped: usize,
     pub bytes_uploaded: u64,
+    /// Whether the manifest itself had to be uploaded.
     pub manifest_uploaded: bool,
 }
 
-fn unavailable(what: &str) -> LockError {
-    LockError::Network {
-        what: what.to_string(),
-        reason: "registry support is not built into this version yet".into(),
-    }
+/// Tag that points at the newest lock of an agent (the digest is what counts).
+pub const TAG: &str = "latest";
+
+/// Manifest digest of `reference` for `platform`; the image lands in the store.
+pub async fn resolve_digest(
+    reference: &str,
+    platform: &str,
+    store: &BlobStore,
+) -> Result<String, LockError> {
+    let platform = Platform::parse(platform)?;
+    let pulled = registry::pull_image(reference, &platform, store, &Progress::auto()).await?;
+    Ok(pulled.manifest_digest)
 }
 
-/// Manifest digest of `reference` for `platform`.
-pub async fn resolve_digest(reference: &str, _platform: &str) -> Result<String, LockError> {
-    Err(unavailable(&format!("resolve {reference}")))
-}
-
-/// Make sure the base image `reference@digest` is in the store.
+/// Make sure the base image `reference` pinned at `digest` is in the store.
 pub async fn ensure_base(
-    _registry: &str,
     reference: &str,
     digest: &str,
+    platform: &str,
     store: &BlobStore,
-    _offline: bool,
+    offline: bool,
 ) -> Result<(), LockError> {
-    if store.has(digest) {
-        return Ok(());
+    if let Ok(img) = BuiltImage::from_store(digest, store) {
+        if img.layers.iter().all(|l| store.has(&l.digest)) {
+            return Ok(());
+        }
     }
-    Err(unavailable(&format!("pull {reference}@{digest}")))
+    if offline {
+        return Err(LockError::Offline {
+            what: format!("pulling base image {reference}@{digest}"),
+        });
+    }
+    let parsed: oci_client::Reference =
+        reference
+            .parse()
+            .map_err(|e: oci_client::ParseError| RegistryError::BadReference {
+                reference: reference.to_string(),
+                reason: e.to_string(),
+            })?;
+    let by_digest = format!("{}/{}@{digest}", parsed.registry(), parsed.repository());
+    let platform = Platform::parse(platform)?;
+    let pulled = registry::pull_image(&by_digest, &platform, store, &Progress::auto()).await?;
+    if pulled.manifest_digest != digest {
+        return Err(LockError::Internal(format!(
+            "pulled {by_digest} but got manifest {}",
+            pulled.manifest_digest
+        )));
+    }
+    Ok(())
 }
 
+/// Push a built image to `registry/repo` (blobs the registry has are skipped).
 pub async fn push(
     registry: &str,
     repo: &str,
-    _built: &BuiltImage,
-    _store: &BlobStore,
+    built: &BuiltImage,
+    store: &BlobStore,
 ) -> Result<PushStats, LockError> {
-    Err(unavailable(&format!("push to {registry}/{repo}")))
+    let s = registry::push(registry, repo, Some(TAG), built, store, &Progress::auto()).await?;
+    Ok(PushStats {
+        blobs_uploaded: s.blobs_uploaded,
+        blobs_skipped: s.blobs_skipped,
+        bytes_uploaded: s.bytes_uploaded,
+        manifest_uploaded: true,
+    })
 }
 
+/// Confirm `registry/repo@digest` exists; push it again from the store when
+/// the registry lost it. `Ok(None)`: lost and not in the store either (the
+/// caller rebuilds).
 pub async fn ensure_manifest(
     registry: &str,
     repo: &str,
     digest: &str,
-    _store: &BlobStore,
-) -> Result<PushStats, LockError> {
-    Err(unavailable(&format!("confirm {registry}/{repo}@{digest}")))
+    store: &BlobStore,
+) -> Result<Option<PushStats>, LockError> {
+    if registry::manifest_exists(registry, repo, digest).await? {
+        return Ok(Some(PushStats::default()));
+    }
+    match BuiltImage::from_store(digest, store) {
+        Ok(img) if img.layers.iter().all(|l| store.has(&l.digest)) => {
+            push(registry, repo, &img, store).await.map(Some)
+        }
+        _ => Ok(None),
+    }
 }
