@@ -23,15 +23,20 @@ pub const POLICY_SCHEMA: u32 = 1;
 
 /// Hosts Claude Code itself needs to sign in and work, merged into every
 /// allowlist unless the manifest says `"egress": {"defaults": false}`.
-/// The README lists each with the reason; keep the two in step.
+/// Telemetry, error reporting and the auto-updater are switched off in the
+/// image, so their hosts are deliberately absent. The README lists each host
+/// with the reason; keep the two in step.
 pub const DEFAULT_ALLOW: &[&str] = &[
+    // The Messages API: every model request.
     "api.anthropic.com",
+    // Account sign-in for Pro/Max subscriptions.
     "claude.ai",
-    "console.anthropic.com",
+    // Sign-in redirects and documentation fetches.
+    "claude.com",
+    // Built-in documentation lookups.
+    "code.claude.com",
+    // OAuth token exchange and refresh (CLAUDE_CODE_OAUTH_TOKEN).
     "platform.claude.com",
-    "statsig.anthropic.com",
-    "sentry.io",
-    "downloads.claude.ai",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
