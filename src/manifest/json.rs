@@ -33,7 +33,7 @@ fn from_serde(file: &str, path: &str, e: &serde_json::Error, help: &str) -> Mani
         Some(i) => full[..i].to_string(),
         None => full,
     };
-    let field = if path == "." { "" } else { path };
+    let field = if path == "." || path == "?" { "" } else { path };
     let at = (e.line() > 0).then(|| (e.line(), e.column()));
     let help = if problem.starts_with("unknown field") {
         format!("remove the field or fix its spelling; {help}")
