@@ -198,3 +198,85 @@ pub fn is_digest(s: &str) -> bool {
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Egress, Limits, Sidecar};
+
+    fn sample() -> Lockfile {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        Lockfile {
+            schema: LOCK_SCHEMA,
+            agent: "a".into(),
+            builder: 1,
+            inputs_hash: d('1'),
+            base: LockedBase {
+                reference: "scratch".into(),
+                digest: None,
+                platform: "linux/amd64".into(),
+            },
+            inputs: vec![],
+            policy: Policy {
+                schema: 1,
+                agent: "a".into(),
+                egress: Egress {
+                    allow: vec!["example.com".into()],
+                    ssh: vec![],
+                },
+                env: vec![],
+                sidecar: Sidecar {
+                    kind: SidecarKind::Builtin,
+                    image: None,
+                },
+                limits: Limits::default(),
+            },
+            env: vec![],
+            sidecar: LockedSidecar {
+                kind: SidecarKind::Builtin,
+                image: None,
+            },
+            image: LockedImage {
+                repository: "bottle/a".into(),
+                manifest_digest: d('2'),
+                config_digest: d('3'),
+                layers: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn bytes_are_sorted_pretty_and_newline_terminated() {
+        let b = sample().to_bytes();
+        let text = String::from_utf8(b).unwrap();
+        assert!(text.ends_with("}\n"));
+        let keys: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("  \""))
+            .map(|l| l.trim().split('"').nth(1).unwrap())
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+    }
+
+    #[test]
+    fn write_then_read_round_trips_atomically() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(Lockfile::read(d.path(), "a").unwrap(), None);
+        sample().write(d.path()).unwrap();
+        assert_eq!(Lockfile::read(d.path(), "a").unwrap(), Some(sample()));
+        let names: Vec<_> = fs::read_dir(d.path().join("lockfiles"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["a.lock.json"]);
+        // A lockfile for another agent is refused.
+        fs::copy(
+            d.path().join("lockfiles/a.lock.json"),
+            d.path().join("lockfiles/b.lock.json"),
+        )
+        .unwrap();
+        assert!(Lockfile::read(d.path(), "b").is_err());
+    }
+}

@@ -495,3 +495,117 @@ fn unpack_into(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::load_agent;
+    use std::fs;
+
+    fn project() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::create_dir_all(r.join("images")).unwrap();
+        fs::create_dir_all(r.join("agents/a/skills/s1")).unwrap();
+        fs::create_dir_all(r.join("agents/a/skills/s2")).unwrap();
+        fs::write(
+            r.join("images/base.json"),
+            r#"{"schema": 1, "from": "scratch", "links": {"/bin/sh": "busybox"}, "env": {"LANG": "C.UTF-8"}}"#,
+        )
+        .unwrap();
+        for s in ["s1", "s2"] {
+            fs::write(
+                r.join(format!("agents/a/skills/{s}/SKILL.md")),
+                format!("---\nname: {s}\ndescription: d\n---\n"),
+            )
+            .unwrap();
+        }
+        fs::write(r.join("agents/a/p.md"), "go\n").unwrap();
+        fs::write(
+            r.join("agents/a/bottle.json"),
+            r#"{"schema": 1, "image": "base", "skills": ["skills/s2", "skills/s1"], "sidecar": "builtin", "prompt": "p.md"}"#,
+        )
+        .unwrap();
+        d
+    }
+
+    fn scratch() -> LockedBase {
+        LockedBase {
+            reference: "scratch".into(),
+            digest: None,
+            platform: "linux/amd64".into(),
+        }
+    }
+
+    #[test]
+    fn layers_in_order_with_agent_ownership_and_sandbox_settings() {
+        let d = project();
+        let a = load_agent(d.path(), "a").unwrap();
+        let policy = a.policy(None);
+        let spec = image_spec(&a, &scratch(), &[], &policy).unwrap();
+        let names: Vec<&str> = spec.layers.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["tools", "skill:s2", "skill:s1", "config"]);
+        let skill = &spec.layers[1];
+        assert!(skill.entries.iter().all(|e| e.uid == AGENT_UID));
+        assert!(
+            skill
+                .entries
+                .iter()
+                .any(|e| e.path == "home/agent/.claude/skills/s2/SKILL.md")
+        );
+        let cfg = &spec.layers[3];
+        let settings = cfg
+            .entries
+            .iter()
+            .find(|e| e.path == "home/agent/.claude/settings.json")
+            .unwrap();
+        let EntryKind::File(FileSource::Bytes(b)) = &settings.kind else {
+            panic!("settings not inline")
+        };
+        let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+        assert_eq!(v["permissions"]["defaultMode"], "bypassPermissions");
+        assert_eq!(v["env"]["DISABLE_AUTOUPDATER"], "1");
+        assert!(cfg.entries.iter().any(|e| e.path == "etc/passwd"));
+        assert!(cfg.entries.iter().any(|e| e.path == PROMPT_PATH));
+        assert_eq!(spec.config.user, "1000:1000");
+        assert!(spec.config.env.contains(&"LANG=C.UTF-8".to_string()));
+        assert!(
+            spec.config
+                .env
+                .contains(&"DISABLE_AUTOUPDATER=1".to_string())
+        );
+        assert_eq!(spec.config.labels[POLICY_LABEL], policy.to_canonical_json());
+        // Same inputs, same spec.
+        assert_eq!(image_spec(&a, &scratch(), &[], &policy).unwrap(), spec);
+    }
+
+    #[test]
+    fn inputs_hash_follows_each_input() {
+        let d = project();
+        let a = load_agent(d.path(), "a").unwrap();
+        let i = inputs(&a, &[]);
+        let names: Vec<&str> = i.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["manifest", "prompt", "recipe", "skill:s1", "skill:s2"]
+        );
+        let h = inputs_hash(&scratch(), None, &i);
+        fs::write(d.path().join("agents/a/skills/s1/more.md"), "x").unwrap();
+        let b = load_agent(d.path(), "a").unwrap();
+        let j = inputs(&b, &[]);
+        assert_ne!(inputs_hash(&scratch(), None, &j), h);
+        let changed: Vec<&str> = i
+            .iter()
+            .zip(&j)
+            .filter(|(x, y)| x != y)
+            .map(|(x, _)| x.name.as_str())
+            .collect();
+        assert_eq!(changed, ["skill:s1"]);
+        let mut arm = scratch();
+        arm.platform = "linux/arm64".into();
+        assert_ne!(
+            inputs_hash(&arm, None, &j),
+            inputs_hash(&scratch(), None, &j)
+        );
+    }
+}
