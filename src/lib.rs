@@ -10,6 +10,8 @@ pub mod egress;
 pub mod engine;
 pub mod error;
 pub mod host;
+pub mod lock;
+pub mod manifest;
 pub mod oci;
 pub mod plan;
 pub mod policy;
