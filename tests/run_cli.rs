@@ -8,7 +8,17 @@
 mod common;
 mod run_common;
 
-use bottle::policy::DEFAULT_ALLOW;
+/// The original project's seven default hosts (its "7 hosts allowed"
+/// example).
+const DEFAULT_ALLOW: &[&str] = &[
+    "api.anthropic.com",
+    "claude.ai",
+    "console.anthropic.com",
+    "platform.claude.com",
+    "statsig.anthropic.com",
+    "sentry.io",
+    "downloads.claude.ai",
+];
 use run_common::lock_only_root;
 
 const SECRET: &str = "s3cr3t-value-never-printed";
