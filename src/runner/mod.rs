@@ -334,10 +334,12 @@ pub async fn prepare(
     req: &Request,
     progress: &mut (dyn FnMut(&PullProgress) + Send),
 ) -> Result<Prepared, RunError> {
+    let mut phases = Phases::new();
     let target = resolve(req)?;
     let docker = engine::connect().await?;
     let version = engine::version(&docker).await?;
     engine::check_version(&version, req.allow_unpatched_engine)?;
+    phases.mark("engine connected and checked");
 
     let reference = format!("{}@{}", target.repository, target.digest);
     engine::pull(&docker, &reference, &mut *progress).await?;
@@ -350,6 +352,7 @@ pub async fn prepare(
         },
     )?;
 
+    phases.mark("image pulled/verified, policy read");
     let kind = plan::sidecar_kind(&policy, &req.options);
     let side = match (kind, &req.sidecar_image) {
         (_, Some(image)) => {
@@ -378,6 +381,7 @@ pub async fn prepare(
         }
     };
 
+    phases.mark("sidecar image ready");
     let facts = ImageFacts {
         reference: reference.clone(),
         digest: target.digest.clone(),
@@ -454,6 +458,29 @@ impl Signals {
     }
 }
 
+/// With `BOTTLE_TIMINGS=1`, phase durations go to stderr (for benchmarks).
+struct Phases {
+    on: bool,
+    last: std::time::Instant,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases {
+            on: std::env::var_os("BOTTLE_TIMINGS").is_some_and(|v| v == "1"),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn mark(&mut self, what: &str) {
+        if self.on {
+            let now = std::time::Instant::now();
+            eprintln!("bottle: timing: {what}: {} ms", (now - self.last).as_millis());
+            self.last = now;
+        }
+    }
+}
+
 /// Set once a signal asks the run to stop: (signal name, exit code).
 pub type StopRx = tokio::sync::watch::Receiver<Option<(&'static str, u8)>>;
 
@@ -497,7 +524,9 @@ pub async fn execute(prepared: Prepared, interactive: bool) -> Result<Outcome, R
     let blocked: Arc<Mutex<Vec<String>>> = Arc::default();
 
     let result = start_and_run(&prepared, &mut guard, interactive, blocked.clone(), rx).await;
+    let mut phases = Phases::new();
     let teardown_errors = guard.finish(&prepared.docker).await;
+    phases.mark("teardown");
     listener.abort();
     let (code, signal) = match result {
         Ok(code) => (code, None),
@@ -546,6 +575,7 @@ async fn start_and_run(
     write_private(&cfg_path, sidecar_config.as_bytes())?;
     guard.tempdir(dir);
 
+    let mut phases = Phases::new();
     let net = &plan.networks;
     check(&stop)?;
     guard.network(&net.internal);
@@ -597,8 +627,10 @@ async fn start_and_run(
         (uid, gid),
     )
     .await?;
+    phases.mark("networks + sidecar created, config uploaded");
     check(&stop)?;
     start_sidecar(docker, plan, builtin, blocked, &stop).await?;
+    phases.mark("sidecar started and ready");
 
     // Agent: internal network only; secrets only in the create body.
     let c = &plan.container;
@@ -634,8 +666,10 @@ async fn start_and_run(
         },
     )
     .await?;
+    phases.mark("agent created");
     check(&stop)?;
     let code = session::run_agent(docker, &c.name, c.tty, interactive, &mut stop).await?;
+    phases.mark("agent ran");
     Ok(code.clamp(0, 255) as u8)
 }
 
