@@ -475,7 +475,10 @@ impl Phases {
     fn mark(&mut self, what: &str) {
         if self.on {
             let now = std::time::Instant::now();
-            eprintln!("bottle: timing: {what}: {} ms", (now - self.last).as_millis());
+            eprintln!(
+                "bottle: timing: {what}: {} ms",
+                (now - self.last).as_millis()
+            );
             self.last = now;
         }
     }
@@ -578,13 +581,23 @@ async fn start_and_run(
     let mut phases = Phases::new();
     let net = &plan.networks;
     check(&stop)?;
+    let labels = plan.network_labels();
     guard.network(&net.internal);
-    engine::create_internal_network(docker, &net.internal, &plan.network_labels(), version).await?;
     if net.egress_created {
-        check(&stop)?;
         guard.network(&net.egress);
-        engine::create_bridge_network(docker, &net.egress, &plan.network_labels()).await?;
     }
+    let (internal, egress) = tokio::join!(
+        engine::create_internal_network(docker, &net.internal, &labels, version),
+        async {
+            if net.egress_created {
+                engine::create_bridge_network(docker, &net.egress, &labels).await
+            } else {
+                Ok(())
+            }
+        }
+    );
+    internal?;
+    egress?;
 
     // Sidecar: created on the internal network, joined to the egress one,
     // config uploaded, attached (stdin is its secret channel), started.
@@ -628,11 +641,10 @@ async fn start_and_run(
     )
     .await?;
     phases.mark("networks + sidecar created, config uploaded");
-    check(&stop)?;
-    start_sidecar(docker, plan, builtin, blocked, &stop).await?;
-    phases.mark("sidecar started and ready");
 
-    // Agent: internal network only; secrets only in the create body.
+    // Agent: internal network only; secrets only in the create body. It is
+    // created while the sidecar starts (creating runs nothing) and started
+    // only once the sidecar is ready.
     let c = &plan.container;
     let mut env = Vec::new();
     for e in &c.env {
@@ -647,25 +659,27 @@ async fn start_and_run(
     }
     check(&stop)?;
     guard.agent(&c.name);
-    engine::create_container(
-        docker,
-        &ContainerSpec {
-            name: &c.name,
-            image: &plan.image.reference,
-            user: &c.user,
-            env,
-            cmd: c.command.clone(),
-            tty: c.tty,
-            stdin: interactive,
-            labels: &c.labels,
-            network: &net.internal,
-            limits: plan.limits,
-            dns: c.dns.clone(),
-            volumes: vec![c.home.clone()],
-            workspace: c.workspace.as_deref(),
-        },
-    )
-    .await?;
+    let spec = ContainerSpec {
+        name: &c.name,
+        image: &plan.image.reference,
+        user: &c.user,
+        env,
+        cmd: c.command.clone(),
+        tty: c.tty,
+        stdin: interactive,
+        labels: &c.labels,
+        network: &net.internal,
+        limits: plan.limits,
+        dns: c.dns.clone(),
+        volumes: vec![c.home.clone()],
+        workspace: c.workspace.as_deref(),
+    };
+    let (ready, created) = tokio::join!(
+        start_sidecar(docker, plan, builtin, blocked, &stop),
+        engine::create_container(docker, &spec),
+    );
+    ready?;
+    created?;
     phases.mark("agent created");
     check(&stop)?;
     let code = session::run_agent(docker, &c.name, c.tty, interactive, &mut stop).await?;

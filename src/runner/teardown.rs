@@ -79,25 +79,22 @@ async fn run(docker: &Docker, steps: Steps, errors: &mut Vec<EngineError>) {
             errors.push(e);
         }
     }
-    // Reverse creation order: the egress network (if ours) goes before the
-    // internal one. A network whose last endpoint is still being released
-    // refuses removal for a moment: retry briefly.
-    for n in steps.networks.iter().rev() {
+    // The networks are empty now; remove them together. A network whose
+    // last endpoint is still being released refuses removal for a moment:
+    // retry briefly.
+    let results = futures_util::future::join_all(steps.networks.iter().map(|n| async move {
         let mut last = None;
-        for attempt in 0..20 {
+        for attempt in 0..20u64 {
             match engine::remove_network(docker, n).await {
-                Ok(()) => {
-                    last = None;
-                    break;
-                }
+                Ok(()) => return None,
                 Err(e) => last = Some(e),
             }
             tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
         }
-        if let Some(e) = last {
-            errors.push(e);
-        }
-    }
+        last
+    }))
+    .await;
+    errors.extend(results.into_iter().flatten());
     drop(steps.tempdir);
 }
 
