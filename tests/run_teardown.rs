@@ -331,3 +331,63 @@ async fn assert_teardown_order(fx: &Fixture, agent: &str, since: u64) {
     let roles: Vec<i32> = order.iter().map(role).collect();
     assert_eq!(roles, vec![0, 1, 2, 2], "destroy order: {order:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_workspace_is_mounted_read_write_only_when_asked() {
+    let agent = "tdwork";
+    let Some((fx, side, _c)) = setup(agent).await else {
+        return;
+    };
+    let ws = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The agent runs as uid 1000; let it write into the test's folder.
+        std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::fs::write(ws.path().join("in.txt"), "from-host\n").unwrap();
+    let ws_arg = ws.path().display().to_string();
+    let with = fx.bottle(
+        &[
+            "run",
+            "--yes",
+            "--sidecar-image",
+            &side,
+            "--workspace",
+            &ws_arg,
+            agent,
+            "--",
+            "sh",
+            "-c",
+            "pwd; cat /workspace/in.txt; echo from-bottle > /workspace/out.txt",
+        ],
+        &[],
+    );
+    assert_eq!(with.code, 0, "{}", with.stderr);
+    assert_eq!(with.stdout, "/workspace\nfrom-host\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("out.txt")).unwrap(),
+        "from-bottle\n"
+    );
+
+    let without = fx.bottle(
+        &[
+            "run",
+            "--yes",
+            "--sidecar-image",
+            &side,
+            agent,
+            "--",
+            "sh",
+            "-c",
+            "ls /workspace 2>&1 || echo no-workspace",
+        ],
+        &[],
+    );
+    assert_eq!(without.code, 0, "{}", without.stderr);
+    assert!(
+        without.stdout.contains("no-workspace"),
+        "{}",
+        without.stdout
+    );
+    assert_eq!(leftovers(&fx.docker, agent).await, Vec::<String>::new());
+}
