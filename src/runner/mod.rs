@@ -545,11 +545,18 @@ pub async fn execute(prepared: Prepared, interactive: bool) -> Result<Outcome, R
     })
 }
 
-fn numeric_ids(user: &str) -> (u64, u64) {
+/// Owner and mode for the sidecar's config file: private to a numeric
+/// user; world-readable (it holds hostnames only) when the image names its
+/// user by name, which only the image's own /etc/passwd could resolve.
+fn config_owner(user: &str) -> ((u64, u64), u32) {
     let mut it = user.split(':');
-    let uid = it.next().and_then(|u| u.parse().ok()).unwrap_or(65534);
-    let gid = it.next().and_then(|g| g.parse().ok()).unwrap_or(uid);
-    (uid, gid)
+    match it.next().and_then(|u| u.parse::<u64>().ok()) {
+        Some(uid) => {
+            let gid = it.next().and_then(|g| g.parse().ok()).unwrap_or(uid);
+            ((uid, gid), 0o600)
+        }
+        None => ((0, 0), 0o644),
+    }
 }
 
 async fn start_and_run(
@@ -625,7 +632,7 @@ async fn start_and_run(
     )
     .await?;
     engine::connect_network(docker, &net.egress, &s.name, vec![]).await?;
-    let (uid, gid) = numeric_ids(&s.image.user);
+    let (owner, mode) = config_owner(&s.image.user);
     let file = Path::new(&s.config_path)
         .file_name()
         .and_then(|f| f.to_str())
@@ -636,8 +643,8 @@ async fn start_and_run(
         SIDECAR_CONFIG_DIR,
         file,
         sidecar_config.as_bytes(),
-        0o600,
-        (uid, gid),
+        mode,
+        owner,
     )
     .await?;
     phases.mark("networks + sidecar created, config uploaded");
