@@ -605,6 +605,22 @@ mod tests {
     }
 
     #[test]
+    fn the_engine_image_must_carry_the_digest() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let info = ImageInfo {
+            repo_digests: vec![format!("localhost:5000/bottle/hello@{d}")],
+            ..Default::default()
+        };
+        assert!(verify_digest(&info, "localhost:5000/bottle/hello", &d).is_ok());
+        let other = format!("sha256:{}", "b".repeat(64));
+        assert!(matches!(
+            verify_digest(&info, "localhost:5000/bottle/hello", &other),
+            Err(EngineError::DigestMismatch { .. })
+        ));
+        assert!(verify_digest(&info, "localhost:5000/bottle/other", &d).is_err());
+    }
+
+    #[test]
     fn hardening_is_complete() {
         let labels = vec![];
         let spec = ContainerSpec {
