@@ -391,3 +391,35 @@ async fn the_workspace_is_mounted_read_write_only_when_asked() {
     );
     assert_eq!(leftovers(&fx.docker, agent).await, Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_without_a_policy_is_refused_before_anything_starts() {
+    let agent = "tdnopolicy";
+    let Some(fx) = fixture(agent, &["upstream.bottle.test"]).await else {
+        return;
+    };
+    let _c = cleanup(agent);
+    let cache = tempfile::tempdir().unwrap();
+    let store = bottle::oci::BlobStore::open(cache.path()).unwrap();
+    let image = bottle::oci::build(&common::busybox_spec(), &store).unwrap();
+    bottle::registry::RegistryClient::new(&fx.reg.host())
+        .unwrap()
+        .push(
+            "plain/busybox",
+            None,
+            &image,
+            &store,
+            &bottle::progress::Progress::hidden(),
+        )
+        .await
+        .unwrap();
+    let reference = format!(
+        "{}/plain/busybox@{}",
+        fx.reg.localhost(),
+        image.manifest_digest
+    );
+    let out = fx.bottle(&["run", "--yes", &reference, "--", "true"], &[]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("dev.bottle.policy"), "{}", out.stderr);
+    assert_eq!(leftovers(&fx.docker, agent).await, Vec::<String>::new());
+}
