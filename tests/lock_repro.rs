@@ -184,6 +184,10 @@ fn a_registry_that_is_down_is_exit_3_with_how_to_start_one() {
         return;
     }
     let p = Project::new(&["hello"], Variation::default());
+    // Up to date, but the image cannot be confirmed: still exit 3.
+    let noop = p.bottle(&["lock", "hello"], None, &[]);
+    assert_eq!(noop.code, 3, "{noop:?}");
+    assert!(noop.stdout.is_empty(), "{noop:?}");
     std::fs::remove_file(p.path(L)).unwrap();
     let before = p.path(L).exists();
     let out = p.bottle(&["lock", "hello"], None, &[]);
