@@ -169,13 +169,19 @@ impl RegistryClient {
     /// `registry` is `HOST[:PORT]` (e.g. `localhost:5000`, `127.0.0.1:5001`).
     pub fn new(registry: &str) -> Result<Self, RegistryError> {
         validate_registry(registry)?;
-        let protocol = if is_loopback(registry) {
+        let loopback = is_loopback(registry);
+        let protocol = if loopback {
             ClientProtocol::HttpsExcept(vec![registry.to_string()])
         } else {
             ClientProtocol::Https
         };
         let config = ClientConfig {
             protocol,
+            tls_certs_only: if loopback {
+                unused_trust_root()
+            } else {
+                Vec::new()
+            },
             // One PUT per blob: fewer round trips than chunked PATCHes.
             use_monolithic_push: true,
             connect_timeout: Some(Duration::from_secs(10)),
@@ -624,6 +630,21 @@ pub async fn pull_image(
     client
         .pull_reference(&parsed, reference, platform, store, progress)
         .await
+}
+
+/// A plain-HTTP loopback registry needs no TLS trust at all, but building
+/// the HTTP client loads the platform's root store anyway (10-20 ms, a big
+/// slice of a no-op `lock`). Trusting only a throwaway self-signed root
+/// skips that; it is never used to verify anything because no TLS happens.
+fn unused_trust_root() -> Vec<oci_client::client::Certificate> {
+    match rcgen::generate_simple_self_signed(vec!["bottle.invalid".to_string()]) {
+        Ok(ck) => vec![oci_client::client::Certificate {
+            encoding: oci_client::client::CertificateEncoding::Der,
+            data: ck.cert.der().to_vec(),
+        }],
+        // Falling back to the platform roots is only slower, never wrong.
+        Err(_) => Vec::new(),
+    }
 }
 
 fn is_index(v: &Value) -> bool {
