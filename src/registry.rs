@@ -169,13 +169,19 @@ impl RegistryClient {
     /// `registry` is `HOST[:PORT]` (e.g. `localhost:5000`, `127.0.0.1:5001`).
     pub fn new(registry: &str) -> Result<Self, RegistryError> {
         validate_registry(registry)?;
-        let protocol = if is_loopback(registry) {
+        let loopback = is_loopback(registry);
+        let protocol = if loopback {
             ClientProtocol::HttpsExcept(vec![registry.to_string()])
         } else {
             ClientProtocol::Https
         };
         let config = ClientConfig {
             protocol,
+            tls_certs_only: if loopback {
+                unused_trust_root()
+            } else {
+                Vec::new()
+            },
             // One PUT per blob: fewer round trips than chunked PATCHes.
             use_monolithic_push: true,
             connect_timeout: Some(Duration::from_secs(10)),
@@ -305,7 +311,13 @@ impl RegistryClient {
             stats.bytes_uploaded += size;
         }
 
-        let content_type = http_header(media::OCI_MANIFEST);
+        let media_type = image.manifest_media_type();
+        let content_type = hyper::header::HeaderValue::from_str(&media_type).map_err(|_| {
+            OciError::Unsupported {
+                what: format!("manifest {}", image.manifest_digest),
+                reason: format!("media type `{media_type}` is not a valid header value"),
+            }
+        })?;
         self.client
             .push_manifest_raw(&by_digest, image.manifest.clone(), content_type.clone())
             .await
@@ -323,6 +335,45 @@ impl RegistryClient {
                 .map_err(|e| self.classify(format!("tag {repo}:{}", tag.unwrap_or_default()), e))?;
         }
         Ok(stats)
+    }
+
+    /// Push raw manifest (or image index) bytes to `repo` under `reference`
+    /// (a tag, or the bytes' own `sha256:` digest). Returns the digest of
+    /// the bytes. The blobs it names must already be in the registry.
+    pub async fn push_manifest_bytes(
+        &self,
+        repo: &str,
+        reference: &str,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<Digest, RegistryError> {
+        let digest = sha256_digest(bytes);
+        let sep = if reference.starts_with("sha256:") {
+            "@"
+        } else {
+            ":"
+        };
+        let text = format!("{}/{repo}{sep}{reference}", self.registry);
+        let r: Reference =
+            text.parse()
+                .map_err(|e: oci_client::ParseError| RegistryError::BadReference {
+                    reference: text.clone(),
+                    reason: e.to_string(),
+                })?;
+        let content_type = hyper::header::HeaderValue::from_str(media_type).map_err(|_| {
+            RegistryError::BadReference {
+                reference: text.clone(),
+                reason: format!("media type `{media_type}` is not a valid header value"),
+            }
+        })?;
+        self.client
+            .store_auth_if_needed(&self.registry, &RegistryAuth::Anonymous)
+            .await;
+        self.client
+            .push_manifest_raw(&r, bytes.to_vec(), content_type)
+            .await
+            .map_err(|e| self.classify(format!("push manifest {text}"), e))?;
+        Ok(digest)
     }
 
     /// Is the manifest `digest` in `repo`? (A HEAD; `lock` uses it to see
@@ -581,6 +632,21 @@ pub async fn pull_image(
         .await
 }
 
+/// A plain-HTTP loopback registry needs no TLS trust at all, but building
+/// the HTTP client loads the platform's root store anyway (10-20 ms, a big
+/// slice of a no-op `lock`). Trusting only a throwaway self-signed root
+/// skips that; it is never used to verify anything because no TLS happens.
+fn unused_trust_root() -> Vec<oci_client::client::Certificate> {
+    match rcgen::generate_simple_self_signed(vec!["bottle.invalid".to_string()]) {
+        Ok(ck) => vec![oci_client::client::Certificate {
+            encoding: oci_client::client::CertificateEncoding::Der,
+            data: ck.cert.der().to_vec(),
+        }],
+        // Falling back to the platform roots is only slower, never wrong.
+        Err(_) => Vec::new(),
+    }
+}
+
 fn is_index(v: &Value) -> bool {
     let mt = v.get("mediaType").and_then(Value::as_str).unwrap_or("");
     mt == media::OCI_INDEX || mt == media::DOCKER_MANIFEST_LIST || v.get("manifests").is_some()
@@ -636,10 +702,6 @@ fn choose_platform(
             available.join(", ")
         },
     })
-}
-
-fn http_header(v: &'static str) -> hyper::header::HeaderValue {
-    hyper::header::HeaderValue::from_static(v)
 }
 
 /// Read a blob file in 1 MiB chunks as a stream, ticking the bar.

@@ -157,3 +157,45 @@ fn same_digest_under_other_umask_tz_and_cwd() {
         assert_eq!(line, here, "umask {umask:o} TZ {tz}");
     }
 }
+
+#[test]
+fn one_byte_of_one_file_changes_exactly_one_layer() {
+    let src = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(cache.path()).unwrap();
+    let spec = golden_spec(src.path());
+    let before = build(&spec, &store).unwrap();
+    assert_eq!(before.manifest_digest, GOLDEN_MANIFEST);
+
+    // The file's mtime on disk does not matter...
+    let tool = src.path().join("tool.sh");
+    let f = std::fs::File::options().write(true).open(&tool).unwrap();
+    f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_234_567))
+        .unwrap();
+    drop(f);
+    let touched = build(&spec, &store).unwrap();
+    assert_eq!(touched.manifest_digest, before.manifest_digest);
+
+    // ...one byte of its content does, in exactly one layer.
+    std::fs::write(&tool, b"#!/bin/sh\necho golDen\n").unwrap();
+    let after = build(&spec, &store).unwrap();
+    assert_ne!(after.manifest_digest, before.manifest_digest);
+    let changed: Vec<&str> = before
+        .layers
+        .iter()
+        .zip(&after.layers)
+        .filter(|(a, b)| a.digest != b.digest)
+        .map(|(a, _)| a.name.as_str())
+        .collect();
+    assert_eq!(changed, vec!["base"]);
+    let files = bottle::oci::diff::diff_layer_blobs(
+        &store,
+        &before.layers[0].digest,
+        &after.layers[0].digest,
+    )
+    .unwrap();
+    assert_eq!(
+        files,
+        vec!["usr/local/bin/tool: content differs (22 -> 22 bytes)".to_string()]
+    );
+}

@@ -95,9 +95,14 @@ pub struct BuiltImage {
 }
 
 impl BuiltImage {
-    /// The manifest's media type (always OCI for images this crate builds).
-    pub fn manifest_media_type(&self) -> &'static str {
-        media::OCI_MANIFEST
+    /// The manifest's media type, from its own `mediaType` field: OCI for
+    /// images this crate builds, possibly Docker's for pulled bases (a
+    /// registry wants the matching Content-Type when it is pushed again).
+    pub fn manifest_media_type(&self) -> String {
+        serde_json::from_slice::<Value>(&self.manifest)
+            .ok()
+            .and_then(|v| v.get("mediaType").and_then(Value::as_str).map(String::from))
+            .unwrap_or_else(|| media::OCI_MANIFEST.to_string())
     }
 
     /// Reconstruct an image from its manifest in the store (for pushing an

@@ -38,6 +38,63 @@ use super::{OciError, media};
 /// compressor or its settings), so old cache entries are not trusted.
 const FORMAT: &str = "bottle-layer-v1;tar=gnu;gzip=zlib-rs-0.6,level=6,os=255";
 
+/// The gzip settings every layer uses (one place, so the fingerprint and
+/// the real builds cannot drift apart).
+fn gzip<W: Write>(out: W) -> flate2::write::GzEncoder<W> {
+    GzBuilder::new()
+        .mtime(0)
+        .operating_system(255)
+        .write(out, Compression::new(6))
+}
+
+/// Digest of a fixed sample layer written by this binary's tar writer and
+/// compressor. It is part of the layer cache key, so a dependency update
+/// that changes the output bytes (a new zlib-rs, a new tar crate) also
+/// invalidates cached layers instead of silently mixing old and new bytes.
+fn writer_fingerprint() -> Result<&'static str, OciError> {
+    static FP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(fp) = FP.get() {
+        return Ok(fp);
+    }
+    let mut text = Vec::with_capacity(96 * 1024);
+    let mut x: u32 = 1;
+    while text.len() < 96 * 1024 {
+        // xorshift: compressible but not trivial, so match finding matters.
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        text.extend_from_slice(
+            ["alpha ", "beta ", "gamma ", "delta\n"][(x % 4) as usize].as_bytes(),
+        );
+        text.push(b'a' + (x % 26) as u8);
+    }
+    let sample = LayerSpec {
+        name: "fingerprint".into(),
+        entries: vec![
+            crate::oci::spec::Entry {
+                path: format!("{}/f", "d".repeat(120)),
+                mode: 0o755,
+                uid: 1000,
+                gid: 1000,
+                kind: EntryKind::File(FileSource::Bytes(text)),
+            },
+            crate::oci::spec::Entry {
+                path: "l".into(),
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+                kind: EntryKind::Symlink("d".into()),
+            },
+        ],
+    };
+    let planned = plan(&sample)?;
+    let gz = write_planned(&sample.name, &planned, 0, gzip(Vec::new()))?;
+    let bytes = gz
+        .finish()
+        .map_err(|e| OciError::io("cannot compress", "the writer fingerprint sample", e))?;
+    Ok(FP.get_or_init(|| crate::oci::digest::sha256_digest(&bytes)))
+}
+
 /// A built layer; its blob is in the store under `digest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layer {
@@ -235,6 +292,7 @@ fn spec_key(
 ) -> Result<String, OciError> {
     let mut h = Sha256::new();
     h.update(FORMAT.as_bytes());
+    h.update(writer_fingerprint()?.as_bytes());
     h.update(format!("\0mtime={mtime}\n").as_bytes());
     let mut buf = vec![0u8; 256 * 1024];
     for (path, p) in planned {
@@ -276,14 +334,22 @@ fn spec_key(
 
 /// Counts what a reader yields, so a file that shrank or grew while being
 /// archived is caught instead of producing a tar whose header lies.
-struct Counting<R> {
+/// Read errors are re-labelled with the source path, because the tar writer
+/// reports them as its own.
+struct Counting<'a, R> {
     inner: R,
     n: u64,
+    path: &'a Path,
 }
 
-impl<R: Read> Read for Counting<R> {
+impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let k = self.inner.read(buf)?;
+        let k = self.inner.read(buf).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot read {}: {e}", self.path.display()),
+            )
+        })?;
         self.n += k as u64;
         Ok(k)
     }
@@ -334,6 +400,7 @@ fn write_planned<W: Write>(
                 let mut reader = Counting {
                     inner: file.take(len),
                     n: 0,
+                    path: src,
                 };
                 tar.append_data(&mut h, path, &mut reader).map_err(werr)?;
                 let grew = reader
@@ -372,10 +439,7 @@ pub fn build_layer(spec: &LayerSpec, mtime: u64, store: &BlobStore) -> Result<La
     }
     let blob = store.writer()?;
     let temp = blob.temp_path().to_path_buf();
-    let gz = GzBuilder::new()
-        .mtime(0)
-        .operating_system(255)
-        .write(blob, Compression::new(6));
+    let gz = gzip(blob);
     let tar_out = write_planned(&spec.name, &planned, mtime, Sha256Writer::new(gz))?;
     let (gz, diff_id, _) = tar_out.finish();
     let blob = gz

@@ -8,6 +8,7 @@
 //! always hashes to its name.
 
 pub mod archive;
+pub mod diff;
 pub mod digest;
 pub mod image;
 pub mod layer;

@@ -182,6 +182,37 @@ impl BlobStore {
         })
     }
 
+    /// Remove `.tmp-*` files older than `min_age` that killed writers left
+    /// behind (never a blob: those have digest names). Returns how many
+    /// went. For `gc`; a live writer's temp file is younger than any sane
+    /// `min_age`.
+    pub fn remove_stale_temps(&self, min_age: std::time::Duration) -> Result<usize, OciError> {
+        let mut removed = 0;
+        for dir in [
+            self.blobs_dir(),
+            self.root.join("cache").join("layers"),
+            self.root.clone(),
+        ] {
+            let entries = fs::read_dir(&dir).map_err(|e| OciError::io("cannot list", &dir, e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| OciError::io("cannot list", &dir, e))?;
+                if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                    continue;
+                }
+                let old_enough = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= min_age);
+                if old_enough && fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     fn layer_cache_path(&self, key: &str) -> PathBuf {
         self.root
             .join("cache")

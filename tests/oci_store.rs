@@ -1,0 +1,80 @@
+//! A process killed while writing a blob never leaves a corrupt blob under a
+//! digest name: only a `.tmp-*` file, which `remove_stale_temps` clears, and
+//! the store keeps working.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bottle::oci::BlobStore;
+use bottle::oci::digest::sha256_digest;
+
+/// Child mode: write a blob forever (until killed).
+#[test]
+fn child_writes_forever() {
+    let Some(dir) = std::env::var_os("BOTTLE_STORE_CHILD") else {
+        return;
+    };
+    let store = BlobStore::open(dir).unwrap();
+    let mut w = store.writer().unwrap();
+    let chunk = vec![b'x'; 256 * 1024];
+    loop {
+        w.write_all(&chunk).unwrap();
+        w.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_killed_writer_leaves_no_blob_under_a_digest_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path()).unwrap();
+    let blobs = dir.path().join("blobs").join("sha256");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_writes_forever",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("BOTTLE_STORE_CHILD", dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the child has written something, then SIGKILL it mid-blob.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let big = std::fs::read_dir(&blobs)
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.metadata().map(|m| m.len() > 1 << 20).unwrap_or(false));
+        if big {
+            break;
+        }
+        assert!(Instant::now() < deadline, "child never wrote");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut temps = 0;
+    for e in std::fs::read_dir(&blobs).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".tmp-") {
+            temps += 1;
+        } else {
+            // Anything under a digest name must hash to it.
+            let digest = format!("sha256:{name}");
+            store.verify(&digest).unwrap();
+        }
+    }
+    assert_eq!(temps, 1, "the killed writer's temp file is the only trace");
+    assert_eq!(store.remove_stale_temps(Duration::ZERO).unwrap(), 1);
+    assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), 0);
+
+    // The store still works.
+    let d = store.put(b"after the crash").unwrap();
+    assert_eq!(d, sha256_digest(b"after the crash"));
+    store.verify(&d).unwrap();
+}
