@@ -516,7 +516,7 @@ pub async fn check(ctx: &Context, agent_name: &str) -> Result<CheckReport, LockE
     report.reproducible = Some(same);
     if !same {
         let rebuilt = locked_image(&lock.image.repository, &built);
-        report.problems = diff_images(&lock.image, &rebuilt);
+        report.problems = diff_images(&lock.image, &rebuilt, &store);
     }
     Ok(report)
 }
@@ -548,8 +548,9 @@ fn diff_inputs(locked: &[LockedInput], now: &[LockedInput]) -> Vec<String> {
     out
 }
 
-/// One line per layer (by name) or config that differs.
-fn diff_images(locked: &LockedImage, rebuilt: &LockedImage) -> Vec<String> {
+/// One line per layer (by name) or config that differs, and, when the
+/// locked layer is still in the blob store, one line per file that differs.
+fn diff_images(locked: &LockedImage, rebuilt: &LockedImage, store: &BlobStore) -> Vec<String> {
     let mut out = vec![format!(
         "manifest digest: the lockfile says {}, the rebuild gives {}",
         locked.manifest_digest, rebuilt.manifest_digest
@@ -563,10 +564,17 @@ fn diff_images(locked: &LockedImage, rebuilt: &LockedImage) -> Vec<String> {
     for (i, r) in rebuilt.layers.iter().enumerate() {
         match locked.layers.get(i) {
             Some(l) if l.name == r.name && l.digest == r.digest => {}
-            Some(l) => out.push(format!(
-                "layer {i} `{}` differs: lockfile `{}` {}, rebuild {}",
-                r.name, l.name, l.digest, r.digest
-            )),
+            Some(l) => {
+                out.push(format!(
+                    "layer {i} `{}` differs: lockfile `{}` {}, rebuild {}",
+                    r.name, l.name, l.digest, r.digest
+                ));
+                if store.has(&l.digest) {
+                    if let Ok(files) = oci::diff::diff_layer_blobs(store, &l.digest, &r.digest) {
+                        out.extend(files.into_iter().map(|f| format!("  {}: {f}", r.name)));
+                    }
+                }
+            }
             None => out.push(format!("layer {i} `{}` is not in the lockfile", r.name)),
         }
     }
