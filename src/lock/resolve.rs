@@ -54,6 +54,8 @@ pub struct PinnedFetch {
     /// Lowercase hex sha256.
     pub sha256: String,
     pub cached: std::path::PathBuf,
+    /// Who pinned the hash (the recipe or the lockfile), for messages.
+    pub pinned_by: String,
 }
 
 pub fn sha256_json(v: &serde_json::Value) -> String {
