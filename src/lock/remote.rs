@@ -28,8 +28,32 @@ pub async fn resolve_digest(
     store: &BlobStore,
 ) -> Result<String, LockError> {
     let platform = Platform::parse(platform)?;
-    let pulled = registry::pull_image(reference, &platform, store, &Progress::auto()).await?;
+    let pulled = registry::pull_image(reference, &platform, store, &Progress::auto())
+        .await
+        .map_err(|e| network(format!("pin `{reference}` ({platform})"), e))?;
     Ok(pulled.manifest_digest)
+}
+
+/// A pull from the reference's own registry (Docker Hub, ghcr.io, …) that
+/// cannot connect is a network problem, not a missing local registry: say so
+/// instead of suggesting to start one.
+fn network(what: String, e: RegistryError) -> LockError {
+    match e {
+        RegistryError::Unreachable { .. } => {
+            let mut reason = e.to_string();
+            if let Some(i) = reason.find("; start one") {
+                reason.truncate(i);
+            }
+            let mut src = std::error::Error::source(&e);
+            while let Some(c) = src {
+                reason.push_str(": ");
+                reason.push_str(&c.to_string());
+                src = c.source();
+            }
+            LockError::Network { what, reason }
+        }
+        other => other.into(),
+    }
 }
 
 /// Make sure the base image `reference` pinned at `digest` is in the store.
@@ -59,7 +83,9 @@ pub async fn ensure_base(
             })?;
     let by_digest = format!("{}/{}@{digest}", parsed.registry(), parsed.repository());
     let platform = Platform::parse(platform)?;
-    let pulled = registry::pull_image(&by_digest, &platform, store, &Progress::auto()).await?;
+    let pulled = registry::pull_image(&by_digest, &platform, store, &Progress::auto())
+        .await
+        .map_err(|e| network(format!("pull base image `{by_digest}`"), e))?;
     if pulled.manifest_digest != digest {
         return Err(LockError::Internal(format!(
             "pulled {by_digest} but got manifest {}",
