@@ -123,11 +123,24 @@ mod tests {
     fn sidecar_commands() {
         assert_eq!(
             super::pipelock_cmd("/run/bottle/egress.yaml"),
-            ["run", "--listen", "0.0.0.0:8888", "--config", "/run/bottle/egress.yaml"]
+            [
+                "run",
+                "--listen",
+                "0.0.0.0:8888",
+                "--config",
+                "/run/bottle/egress.yaml"
+            ]
         );
         assert_eq!(
             super::builtin_cmd("-", &["github.com".into()]),
-            ["--config", "-", "--listen", "0.0.0.0:8888", "--ssh-host", "github.com"]
+            [
+                "--config",
+                "-",
+                "--listen",
+                "0.0.0.0:8888",
+                "--ssh-host",
+                "github.com"
+            ]
         );
     }
 }
