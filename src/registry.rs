@@ -94,7 +94,19 @@ impl Classify for RegistryError {
 pub struct PushStats {
     pub blobs_uploaded: usize,
     pub bytes_uploaded: u64,
+    /// Already in the target repository (HEAD said so).
     pub blobs_skipped: usize,
+    /// Linked from another repository of the same registry, no upload.
+    pub blobs_mounted: usize,
+}
+
+/// Knobs for [`RegistryClient::push_with`].
+#[derive(Debug, Clone, Default)]
+pub struct PushOptions {
+    /// Repositories on the same registry that may hold some blobs already
+    /// (e.g. the base image's); missing blobs are cross-mounted from them
+    /// before falling back to an upload.
+    pub mount_from: Vec<String>,
 }
 
 /// Where a pull ended: the platform manifest now in the blob store.
@@ -256,6 +268,26 @@ impl RegistryClient {
         store: &BlobStore,
         progress: &Progress,
     ) -> Result<PushStats, RegistryError> {
+        self.push_with(repo, tag, image, store, progress, &PushOptions::default())
+            .await
+    }
+
+    /// [`RegistryClient::push`] with options (cross-repository mounts).
+    pub async fn push_with(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        image: &BuiltImage,
+        store: &BlobStore,
+        progress: &Progress,
+        options: &PushOptions,
+    ) -> Result<PushStats, RegistryError> {
+        let mount_sources = options
+            .mount_from
+            .iter()
+            .filter(|r| r.as_str() != repo)
+            .map(|r| self.reference(r, &image.manifest_digest))
+            .collect::<Result<Vec<_>, _>>()?;
         let by_digest = self.reference(repo, &image.manifest_digest)?;
         let tagged = match tag {
             Some(t) => {
@@ -293,6 +325,23 @@ impl RegistryClient {
                 .map_err(|e| self.classify(format!("check blob {digest} in {repo}"), e))?;
             if present {
                 stats.blobs_skipped += 1;
+                continue;
+            }
+            let mut mounted = false;
+            for source in &mount_sources {
+                // A refused mount (202 + upload session) just means "upload it".
+                if self
+                    .client
+                    .mount_blob(&by_digest, source, digest)
+                    .await
+                    .is_ok()
+                {
+                    mounted = true;
+                    break;
+                }
+            }
+            if mounted {
+                stats.blobs_mounted += 1;
                 continue;
             }
             let size = store.size(digest)?;

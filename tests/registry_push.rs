@@ -224,3 +224,61 @@ async fn bad_references_are_bad_input() {
         assert_eq!(err.exit_kind(), ExitKind::BadInput, "{r}: {err:?}");
     }
 }
+
+#[tokio::test]
+async fn base_layers_are_mounted_from_another_repository_not_uploaded() {
+    init();
+    if !common::require_busybox() {
+        return;
+    }
+    let Some(reg) = common::Registry::start() else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(cache.path()).unwrap();
+    let client = RegistryClient::new(&reg.host()).unwrap();
+    let none = Progress::hidden();
+    let base = build(&common::busybox_spec(), &store).unwrap();
+    client
+        .push("bottle/base", None, &base, &store, &none)
+        .await
+        .unwrap();
+
+    let mut spec = common::busybox_spec();
+    spec.base = bottle::oci::spec::Base::Image {
+        reference: format!("{}/bottle/base@{}", reg.host(), base.manifest_digest),
+        manifest_digest: base.manifest_digest.clone(),
+    };
+    spec.layers[0].name = "agent".into();
+    spec.layers[0].entries.retain(|e| e.path == "tmp");
+    let agent = build(&spec, &store).unwrap();
+    assert_eq!(agent.layers[0].digest, base.layers[0].digest);
+    let opts = registry::PushOptions {
+        mount_from: vec!["bottle/base".into(), "bottle/does-not-exist".into()],
+    };
+    let stats = client
+        .push_with("bottle/agent", Some("latest"), &agent, &store, &none, &opts)
+        .await
+        .unwrap();
+    assert_eq!(stats.blobs_mounted, 1, "{stats:?}");
+    assert_eq!(stats.blobs_uploaded, 2, "{stats:?}");
+    assert_eq!(
+        stats.bytes_uploaded,
+        agent.layers[1].size + agent.config.len() as u64 + agent.manifest.len() as u64
+    );
+    // The mounted layer is really there: a fresh pull gets the whole image.
+    let fresh = tempfile::tempdir().unwrap();
+    let store2 = BlobStore::open(fresh.path()).unwrap();
+    let pulled = client
+        .pull(
+            "bottle/agent",
+            "latest",
+            &Platform::default(),
+            &store2,
+            &none,
+        )
+        .await
+        .unwrap();
+    assert_eq!(pulled.manifest_digest, agent.manifest_digest);
+    store2.verify(&base.layers[0].digest).unwrap();
+}
