@@ -118,6 +118,13 @@ async fn push_fetch_back_verify_and_push_again_uploads_nothing() {
         .push(repo, None, &image2, &store, &Progress::hidden())
         .await
         .unwrap();
+    eprintln!(
+        "push stats: first {first:?}; again {second:?}; one new layer {third:?} (layer {} config {} manifest {}; base layer {})",
+        image2.layers[1].size,
+        image2.config.len(),
+        image2.manifest.len(),
+        image.layers[0].size
+    );
     assert_eq!(
         (third.blobs_uploaded, third.blobs_skipped),
         (2, 1),
