@@ -240,6 +240,15 @@ impl RegistryClient {
                 registry: self.registry.clone(),
                 what: action,
             }
+        } else if has_error_code(&e, "DIGEST_INVALID") {
+            RegistryError::DigestMismatch {
+                what: format!(
+                    "{action}: the registry computed another digest for the bytes sent \
+                     (a corrupted local blob? delete it from the blob store and rebuild)"
+                ),
+                expected: "the blob's name".into(),
+                actual: "something else".into(),
+            }
         } else if let OciDistributionError::DigestError(
             oci_client::errors::DigestError::VerificationError { expected, actual },
         ) = &e
@@ -784,6 +793,21 @@ fn file_chunks(
             }
         }
     }))
+}
+
+/// Does the registry's error body carry this OCI error `code`? oci-client
+/// parses the body on some paths (`RegistryError`) and passes it as text on
+/// others (`ServerError`); look in both.
+fn has_error_code(e: &OciDistributionError, code: &str) -> bool {
+    let body = match e {
+        OciDistributionError::RegistryError { envelope, .. } => serde_json::to_value(envelope).ok(),
+        OciDistributionError::ServerError { message, .. } => serde_json::from_str(message).ok(),
+        _ => None,
+    };
+    body.and_then(|v| v.get("errors").and_then(Value::as_array).cloned())
+        .into_iter()
+        .flatten()
+        .any(|x| x.get("code").and_then(Value::as_str) == Some(code))
 }
 
 fn is_unreachable(e: &OciDistributionError) -> bool {

@@ -289,3 +289,38 @@ async fn base_layers_are_mounted_from_another_repository_not_uploaded() {
     assert_eq!(pulled.manifest_digest, agent.manifest_digest);
     store2.verify(&base.layers[0].digest).unwrap();
 }
+
+#[tokio::test]
+async fn a_corrupted_local_blob_is_refused_by_the_registry_as_a_failure() {
+    init();
+    let Some(reg) = common::Registry::start() else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(cache.path()).unwrap();
+    let mut spec = common::busybox_spec();
+    spec.layers[0].entries.retain(|e| e.path == "tmp");
+    let image = build(&spec, &store).unwrap();
+    // Flip a byte of the layer blob behind the store's back (same size).
+    let path = store.blob_path(&image.layers[0].digest).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[20] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = registry::push(
+        &reg.host(),
+        "bottle/corrupt",
+        None,
+        &image,
+        &store,
+        &Progress::hidden(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_kind(), ExitKind::Failure, "{err:?}");
+    assert!(err.to_string().contains("blob store"), "{err}");
+    assert!(
+        !registry::manifest_exists(&reg.host(), "bottle/corrupt", &image.manifest_digest)
+            .await
+            .unwrap()
+    );
+}
