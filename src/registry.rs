@@ -246,8 +246,8 @@ impl RegistryClient {
                     "{action}: the registry computed another digest for the bytes sent \
                      (a corrupted local blob? delete it from the blob store and rebuild)"
                 ),
-                expected: "the blob's name".into(),
-                actual: "something else".into(),
+                expected: "bytes that hash to the blob's name".into(),
+                actual: "bytes that do not (registry: DIGEST_INVALID)".into(),
             }
         } else if let OciDistributionError::DigestError(
             oci_client::errors::DigestError::VerificationError { expected, actual },
