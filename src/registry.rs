@@ -30,6 +30,13 @@ use crate::oci::spec::Digest;
 use crate::oci::{BlobStore, BuiltImage, OciError, media};
 use crate::progress::Progress;
 
+const MANIFEST_TYPES: &[&str] = &[
+    media::OCI_MANIFEST,
+    media::OCI_INDEX,
+    media::DOCKER_MANIFEST,
+    media::DOCKER_MANIFEST_LIST,
+];
+
 const HOW_TO_START: &str = "start one with `docker-registry serve <config.yml>` \
 (Debian: `apt-get install docker-registry`; config: `http.addr: 127.0.0.1:5000`, \
 filesystem storage), or point --registry / BOTTLE_REGISTRY at a registry that is running";
@@ -482,6 +489,60 @@ impl RegistryClient {
             .await
     }
 
+    /// Fetch the image manifest `digest` (not an index) and every blob it
+    /// names into the store, whatever its platform. Returns the digest.
+    async fn pull_manifest_only(
+        &self,
+        repo: &str,
+        digest: &str,
+        store: &BlobStore,
+        progress: &Progress,
+    ) -> Result<Digest, RegistryError> {
+        let reference = self.reference(repo, digest)?;
+        let shown = format!("{}/{repo}@{digest}", self.registry);
+        let bytes = self.fetch_manifest_bytes(&reference, &shown).await?;
+        let parsed = parse_manifest(&bytes, digest)?;
+        let mut wanted = vec![(parsed.config_digest.clone(), 0u64, "config".to_string())];
+        for (i, l) in parsed.layers.iter().enumerate() {
+            wanted.push((l.digest.clone(), l.size, format!("layer {i}")));
+        }
+        for (d, size, name) in &wanted {
+            if !store.has(d) {
+                self.fetch_blob(&reference, d, *size, name, &shown, store, progress)
+                    .await?;
+            }
+        }
+        store.put_expected(digest, &bytes)?;
+        Ok(digest.to_string())
+    }
+
+    /// GET a manifest and check it hashes to the digest the reference names.
+    async fn fetch_manifest_bytes(
+        &self,
+        reference: &Reference,
+        shown: &str,
+    ) -> Result<Vec<u8>, RegistryError> {
+        self.client
+            .store_auth_if_needed(reference.resolve_registry(), &RegistryAuth::Anonymous)
+            .await;
+        let (bytes, _) = self
+            .client
+            .pull_manifest_raw(reference, &RegistryAuth::Anonymous, MANIFEST_TYPES)
+            .await
+            .map_err(|e| self.classify(format!("fetch manifest {shown}"), e))?;
+        let got = sha256_digest(&bytes);
+        if let Some(want) = reference.digest()
+            && want != got
+        {
+            return Err(RegistryError::DigestMismatch {
+                what: format!("manifest {shown}"),
+                expected: want.to_string(),
+                actual: got,
+            });
+        }
+        Ok(bytes.to_vec())
+    }
+
     async fn pull_reference(
         &self,
         reference: &Reference,
@@ -490,30 +551,8 @@ impl RegistryClient {
         store: &BlobStore,
         progress: &Progress,
     ) -> Result<PulledImage, RegistryError> {
-        const ACCEPT: &[&str] = &[
-            media::OCI_MANIFEST,
-            media::OCI_INDEX,
-            media::DOCKER_MANIFEST,
-            media::DOCKER_MANIFEST_LIST,
-        ];
-        self.client
-            .store_auth_if_needed(reference.resolve_registry(), &RegistryAuth::Anonymous)
-            .await;
-        let (bytes, _) = self
-            .client
-            .pull_manifest_raw(reference, &RegistryAuth::Anonymous, ACCEPT)
-            .await
-            .map_err(|e| self.classify(format!("fetch manifest {shown}"), e))?;
+        let bytes = self.fetch_manifest_bytes(reference, shown).await?;
         let first_digest = sha256_digest(&bytes);
-        if let Some(want) = reference.digest()
-            && want != first_digest
-        {
-            return Err(RegistryError::DigestMismatch {
-                what: format!("manifest {shown}"),
-                expected: want.to_string(),
-                actual: first_digest,
-            });
-        }
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| OciError::Json {
             what: format!("manifest {shown}"),
             source: e,
@@ -526,19 +565,9 @@ impl RegistryClient {
                 reference.repository().to_string(),
                 chosen.clone(),
             );
-            let (m, _) = self
-                .client
-                .pull_manifest_raw(&by_digest, &RegistryAuth::Anonymous, ACCEPT)
-                .await
-                .map_err(|e| self.classify(format!("fetch manifest {shown} ({platform})"), e))?;
-            let got = sha256_digest(&m);
-            if got != chosen {
-                return Err(RegistryError::DigestMismatch {
-                    what: format!("manifest {shown} ({platform})"),
-                    expected: chosen,
-                    actual: got,
-                });
-            }
+            let m = self
+                .fetch_manifest_bytes(&by_digest, &format!("{shown} ({platform})"))
+                .await?;
             (m, chosen, Some(first_digest))
         } else {
             (bytes, first_digest, None)
@@ -655,6 +684,43 @@ pub async fn push(
 ) -> Result<PushStats, RegistryError> {
     RegistryClient::new(registry)?
         .push(repo, tag, image, store, progress)
+        .await
+}
+
+/// Copy one image by digest between repositories or registries (for
+/// `bottle push <ref> --to <repo>`): fetch what the blob store lacks from
+/// `from` (verified), push to `to`. The digest cannot change: the manifest
+/// bytes are copied as they are.
+pub async fn copy(
+    from: (&str, &str),
+    digest: &str,
+    to: (&str, &str),
+    tag: Option<&str>,
+    store: &BlobStore,
+    progress: &Progress,
+) -> Result<PushStats, RegistryError> {
+    let (from_registry, from_repo) = from;
+    let (to_registry, to_repo) = to;
+    hex_part(digest)?;
+    let image = match BuiltImage::from_store(digest, store) {
+        Ok(image) if image.layers.iter().all(|l| store.has(&l.digest)) => image,
+        _ => {
+            let pulled = RegistryClient::new(from_registry)?
+                .pull_manifest_only(from_repo, digest, store, progress)
+                .await?;
+            BuiltImage::from_store(&pulled, store)?
+        }
+    };
+    let target = RegistryClient::new(to_registry)?;
+    let options = PushOptions {
+        mount_from: if from_registry == to_registry {
+            vec![from_repo.to_string()]
+        } else {
+            Vec::new()
+        },
+    };
+    target
+        .push_with(to_repo, tag, &image, store, progress, &options)
         .await
 }
 
