@@ -183,6 +183,19 @@ fn the_pushed_image_comes_back_verified_and_a_lost_image_is_pushed_again() {
         ))
         .unwrap();
     assert!(there);
+
+    // Lost from a third registry AND from the blob store: rebuilt, same digest,
+    // lockfile untouched.
+    let Some(third) = common::Registry::start() else {
+        return;
+    };
+    std::fs::remove_dir_all(p.cache.path().join("oci")).unwrap();
+    let bytes = p.read(L);
+    let rebuilt = p.bottle(&["lock", "hello"], Some(&third.host()), &[]);
+    assert_eq!(rebuilt.code, 0, "{rebuilt:?}");
+    assert_eq!(digest_of(&rebuilt), digest);
+    assert!(rebuilt.stderr.contains("rebuilding"), "{rebuilt:?}");
+    assert_eq!(p.read(L), bytes);
 }
 
 #[test]
