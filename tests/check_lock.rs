@@ -126,3 +126,33 @@ fn missing_lockfile_fails() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("does not exist"), "{out:?}");
 }
+
+#[test]
+fn a_digest_from_other_content_names_the_file_that_differs() {
+    if !ready() {
+        return;
+    }
+    let Some(reg) = common::Registry::start() else {
+        return;
+    };
+    let p = Project::new(&["hello"], Variation::default());
+    let first = p.bottle(&["lock", "hello"], Some(&reg.host()), &[]);
+    assert_eq!(first.code, 0, "{first:?}");
+    let old = lock_support::lock_json(&p, "hello");
+    p.write(
+        "agents/hello/skills/greet/SKILL.md",
+        "---\nname: greet\ndescription: changed\n---\n",
+    );
+    let second = p.bottle(&["lock", "hello"], Some(&reg.host()), &[]);
+    assert_eq!(second.code, 0, "{second:?}");
+    // The lockfile now claims the new inputs but the old image.
+    p.edit_json(L, |v| v["image"] = old["image"].clone());
+    let out = p.bottle(&["check", "hello", "--json"], Some(&reg.host()), &[]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let problems = report(&out)["problems"].to_string();
+    assert!(problems.contains("`skill:greet` differs"), "{problems}");
+    assert!(
+        problems.contains("home/agent/.claude/skills/greet/SKILL.md: content differs"),
+        "{problems}"
+    );
+}

@@ -60,8 +60,14 @@ fn pins_hold_until_update_and_a_changed_download_is_named() {
     assert_eq!(digest_of(&same), digest_of(&first));
     assert_eq!(p.read("lockfiles/hello.lock.json"), lockfile);
 
-    // Without the cached copy the download is checked against the pin.
+    // A no-op lock needs only the pins: no download, even with the cache gone.
     std::fs::remove_dir_all(p.cache.path().join("fetch")).unwrap();
+    let noop = p.bottle(&["lock", "hello"], Some(&reg.host()), &[]);
+    assert_eq!(noop.code, 0, "{noop:?}");
+    assert_eq!(digest_of(&noop), digest_of(&first));
+    assert!(!noop.stderr.contains("fetching"), "{noop:?}");
+
+    // Without the cached copy a rebuild checks the download against the pin.
     std::fs::remove_dir_all(p.cache.path().join("oci")).unwrap();
     let changed = p.bottle(&["check", "hello"], Some(&reg.host()), &[]);
     assert_eq!(changed.code, 2, "{changed:?}");

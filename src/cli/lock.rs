@@ -33,17 +33,12 @@ pub async fn exec(args: Args) -> CliResult {
     for n in &out.notes {
         eprintln!("{n}");
     }
-    eprintln!(
-        "pushed {} blobs ({} bytes), {} already present{}",
-        out.push.blobs_uploaded,
-        out.push.bytes_uploaded,
-        out.push.blobs_skipped,
-        if out.push.manifest_uploaded {
-            ", manifest uploaded"
-        } else {
-            ""
-        }
-    );
+    if out.push.manifest_uploaded {
+        eprintln!(
+            "pushed {} blobs ({} bytes), {} already in the registry",
+            out.push.blobs_uploaded, out.push.bytes_uploaded, out.push.blobs_skipped
+        );
+    }
     if args.json {
         let v = serde_json::json!({
             "reference": out.reference,

@@ -49,7 +49,7 @@ pub enum LockError {
     },
     #[error(
         "{url}: the download has sha256 {actual}, but {pinned_by} pins {expected}\n  \
-         help: if the new content is trusted, update the pin (`bottle lock --update`, or the recipe's `sha256`); otherwise the source changed under you"
+         help: if the new content is trusted, change the pin (the recipe's `sha256` when it asserts one, else `bottle lock --update`); otherwise the source changed under you"
     )]
     FetchMismatch {
         url: String,
@@ -228,16 +228,20 @@ async fn resolve_pins(
             (None, Some(p)) => (Some(p), lockfile_name.clone()),
             (None, None) => (None, String::new()),
         };
-        if expected.as_ref().is_none_or(|h| !cache.has(h)) {
-            notes.push(format!("fetching {}", f.url));
-        }
-        let hex = cache
-            .ensure(&f.url, expected.as_deref(), &pinned_by, ctx.offline)
-            .await?;
+        // A known pin is enough to decide staleness; the content is only
+        // needed (and verified) when an image is built.
+        let hex = match expected {
+            Some(h) => h,
+            None => {
+                notes.push(format!("fetching {}", f.url));
+                cache.ensure(&f.url, None, "", ctx.offline).await?
+            }
+        };
         fetched.push(PinnedFetch {
             fetch: f.clone(),
             cached: cache.path(&hex),
             sha256: hex,
+            pinned_by,
         });
     }
 
@@ -317,6 +321,7 @@ pub async fn lock(ctx: &Context, agent_name: &str, update: bool) -> Result<LockO
         notes.push("the image is neither in the registry nor in the blob store; rebuilding".into());
     }
 
+    ensure_fetched(ctx, &r.fetched, &mut notes).await?;
     if let Some(d) = &r.base.digest {
         remote::ensure_base(&r.base.reference, d, &r.base.platform, &store, ctx.offline).await?;
     }
@@ -351,6 +356,25 @@ pub async fn lock(ctx: &Context, agent_name: &str, update: bool) -> Result<LockO
         push,
         notes,
     })
+}
+
+/// Make sure every pinned download is in the cache, downloading (and
+/// verifying against its pin) what is missing.
+async fn ensure_fetched(
+    ctx: &Context,
+    fetched: &[PinnedFetch],
+    notes: &mut Vec<String>,
+) -> Result<(), LockError> {
+    let cache = FetchCache::open(&ctx.cache_root)?;
+    for p in fetched {
+        if !cache.has(&p.sha256) {
+            notes.push(format!("fetching {}", p.fetch.url));
+        }
+        cache
+            .ensure(&p.fetch.url, Some(&p.sha256), &p.pinned_by, ctx.offline)
+            .await?;
+    }
+    Ok(())
 }
 
 fn locked_image(repo: &str, built: &oci::BuiltImage) -> LockedImage {
@@ -496,15 +520,19 @@ pub async fn check(ctx: &Context, agent_name: &str) -> Result<CheckReport, LockE
 
     // (b) Rebuild from the pins and compare.
     let cache = FetchCache::open(&ctx.cache_root)?;
-    let mut fetched = Vec::new();
-    for (f, (url, hex)) in agent.recipe.fetch.iter().zip(&pairs) {
-        let got = cache.ensure(url, Some(hex), &file, ctx.offline).await?;
-        fetched.push(PinnedFetch {
+    let fetched: Vec<PinnedFetch> = agent
+        .recipe
+        .fetch
+        .iter()
+        .zip(&pairs)
+        .map(|(f, (_, hex))| PinnedFetch {
             fetch: f.clone(),
-            cached: cache.path(&got),
-            sha256: got,
-        });
-    }
+            cached: cache.path(hex),
+            sha256: hex.clone(),
+            pinned_by: file.clone(),
+        })
+        .collect();
+    ensure_fetched(ctx, &fetched, &mut Vec::new()).await?;
     let store = BlobStore::open(ctx.cache_root.join("oci"))?;
     if let Some(d) = &base.digest {
         remote::ensure_base(&base.reference, d, &base.platform, &store, ctx.offline).await?;
@@ -516,7 +544,7 @@ pub async fn check(ctx: &Context, agent_name: &str) -> Result<CheckReport, LockE
     report.reproducible = Some(same);
     if !same {
         let rebuilt = locked_image(&lock.image.repository, &built);
-        report.problems = diff_images(&lock.image, &rebuilt);
+        report.problems = diff_images(&lock.image, &rebuilt, &store);
     }
     Ok(report)
 }
@@ -548,8 +576,9 @@ fn diff_inputs(locked: &[LockedInput], now: &[LockedInput]) -> Vec<String> {
     out
 }
 
-/// One line per layer (by name) or config that differs.
-fn diff_images(locked: &LockedImage, rebuilt: &LockedImage) -> Vec<String> {
+/// One line per layer (by name) or config that differs, and, when the
+/// locked layer is still in the blob store, one line per file that differs.
+fn diff_images(locked: &LockedImage, rebuilt: &LockedImage, store: &BlobStore) -> Vec<String> {
     let mut out = vec![format!(
         "manifest digest: the lockfile says {}, the rebuild gives {}",
         locked.manifest_digest, rebuilt.manifest_digest
@@ -563,10 +592,17 @@ fn diff_images(locked: &LockedImage, rebuilt: &LockedImage) -> Vec<String> {
     for (i, r) in rebuilt.layers.iter().enumerate() {
         match locked.layers.get(i) {
             Some(l) if l.name == r.name && l.digest == r.digest => {}
-            Some(l) => out.push(format!(
-                "layer {i} `{}` differs: lockfile `{}` {}, rebuild {}",
-                r.name, l.name, l.digest, r.digest
-            )),
+            Some(l) => {
+                out.push(format!(
+                    "layer {i} `{}` differs: lockfile `{}` {}, rebuild {}",
+                    r.name, l.name, l.digest, r.digest
+                ));
+                if store.has(&l.digest) {
+                    if let Ok(files) = oci::diff::diff_layer_blobs(store, &l.digest, &r.digest) {
+                        out.extend(files.into_iter().map(|f| format!("  {}: {f}", r.name)));
+                    }
+                }
+            }
             None => out.push(format!("layer {i} `{}` is not in the lockfile", r.name)),
         }
     }

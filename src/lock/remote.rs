@@ -28,8 +28,32 @@ pub async fn resolve_digest(
     store: &BlobStore,
 ) -> Result<String, LockError> {
     let platform = Platform::parse(platform)?;
-    let pulled = registry::pull_image(reference, &platform, store, &Progress::auto()).await?;
+    let pulled = registry::pull_image(reference, &platform, store, &Progress::auto())
+        .await
+        .map_err(|e| network(format!("pin `{reference}` ({platform})"), e))?;
     Ok(pulled.manifest_digest)
+}
+
+/// A pull from the reference's own registry (Docker Hub, ghcr.io, …) that
+/// cannot connect is a network problem, not a missing local registry: say so
+/// instead of suggesting to start one.
+fn network(what: String, e: RegistryError) -> LockError {
+    match e {
+        RegistryError::Unreachable { .. } => {
+            let mut reason = e.to_string();
+            if let Some(i) = reason.find("; start one") {
+                reason.truncate(i);
+            }
+            let mut src = std::error::Error::source(&e);
+            while let Some(c) = src {
+                reason.push_str(": ");
+                reason.push_str(&c.to_string());
+                src = c.source();
+            }
+            LockError::Network { what, reason }
+        }
+        other => other.into(),
+    }
 }
 
 /// Make sure the base image `reference` pinned at `digest` is in the store.
@@ -59,7 +83,9 @@ pub async fn ensure_base(
             })?;
     let by_digest = format!("{}/{}@{digest}", parsed.registry(), parsed.repository());
     let platform = Platform::parse(platform)?;
-    let pulled = registry::pull_image(&by_digest, &platform, store, &Progress::auto()).await?;
+    let pulled = registry::pull_image(&by_digest, &platform, store, &Progress::auto())
+        .await
+        .map_err(|e| network(format!("pull base image `{by_digest}`"), e))?;
     if pulled.manifest_digest != digest {
         return Err(LockError::Internal(format!(
             "pulled {by_digest} but got manifest {}",
@@ -94,7 +120,11 @@ pub async fn ensure_manifest(
     digest: &str,
     store: &BlobStore,
 ) -> Result<Option<PushStats>, LockError> {
-    if registry::manifest_exists(registry, repo, digest).await? {
+    let exists = match loopback_manifest_exists(registry, repo, digest).await {
+        Some(answer) => answer,
+        None => registry::manifest_exists(registry, repo, digest).await?,
+    };
+    if exists {
         return Ok(Some(PushStats::default()));
     }
     match BuiltImage::from_store(digest, store) {
@@ -102,5 +132,62 @@ pub async fn ensure_manifest(
             push(registry, repo, &img, store).await.map(Some)
         }
         _ => Ok(None),
+    }
+}
+
+/// A plain-HTTP `HEAD /v2/<repo>/manifests/<digest>` for loopback
+/// registries: the no-op `lock` asks only this one question, and building a
+/// full registry client (which loads and parses the system's CA store) would
+/// cost more than the rest of the no-op put together. `None` when the answer
+/// is not a clear yes or no (not loopback, auth required, connection
+/// trouble): the caller then asks through the `registry` module, which
+/// reports errors properly.
+async fn loopback_manifest_exists(registry: &str, repo: &str, digest: &str) -> Option<bool> {
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
+
+    if !registry::is_loopback(registry) {
+        return None;
+    }
+    let addr = if registry.contains(':') {
+        registry.to_string()
+    } else {
+        format!("{registry}:80")
+    };
+    let connect = tokio::net::TcpStream::connect(addr.replace("localhost", "127.0.0.1"));
+    let stream = tokio::time::timeout(std::time::Duration::from_secs(2), connect)
+        .await
+        .ok()?
+        .ok()?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+        .await
+        .ok()?;
+    let driver = tokio::spawn(conn);
+    let accept = [
+        crate::oci::media::OCI_MANIFEST,
+        crate::oci::media::OCI_INDEX,
+        crate::oci::media::DOCKER_MANIFEST,
+        crate::oci::media::DOCKER_MANIFEST_LIST,
+    ]
+    .join(", ");
+    let req = hyper::Request::head(format!("/v2/{repo}/manifests/{digest}"))
+        .header(hyper::header::HOST, registry)
+        .header(hyper::header::ACCEPT, accept)
+        .body(Empty::new())
+        .ok()?;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(5), sender.send_request(req))
+        .await
+        .ok()?
+        .ok()?;
+    driver.abort();
+    match resp.status().as_u16() {
+        200 => Some(
+            resp.headers()
+                .get("docker-content-digest")
+                .is_none_or(|d| d.as_bytes() == digest.as_bytes()),
+        ),
+        404 => Some(false),
+        _ => None,
     }
 }

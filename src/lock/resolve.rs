@@ -54,6 +54,8 @@ pub struct PinnedFetch {
     /// Lowercase hex sha256.
     pub sha256: String,
     pub cached: std::path::PathBuf,
+    /// Who pinned the hash (the recipe or the lockfile), for messages.
+    pub pinned_by: String,
 }
 
 pub fn sha256_json(v: &serde_json::Value) -> String {
@@ -607,5 +609,52 @@ mod tests {
             inputs_hash(&arm, None, &j),
             inputs_hash(&scratch(), None, &j)
         );
+    }
+
+    fn targz(entries: &[(&str, &[u8])], link: Option<(&str, &str)>) -> Vec<u8> {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        for (path, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(if path.contains("bin/") { 0o700 } else { 0o600 });
+            h.set_cksum();
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        if let Some((path, target)) = link {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            b.append_link(&mut h, path, target).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn unpack_keeps_files_and_links_inside_and_normalizes_modes() {
+        let d = tempfile::tempdir().unwrap();
+        let ar = d.path().join("a.tar.gz");
+        fs::write(
+            &ar,
+            targz(
+                &[("./bin/tool", b"x"), ("share/doc.txt", b"d")],
+                Some(("bin/t", "tool")),
+            ),
+        )
+        .unwrap();
+        let mut out = BTreeMap::new();
+        unpack_into("opt/tool", &ar, "file:///a.tar.gz", &mut out).unwrap();
+        let tool = &out["opt/tool/bin/tool"];
+        assert_eq!(tool.mode, 0o755);
+        assert!(matches!(&tool.kind, EntryKind::File(FileSource::Bytes(b)) if b == b"x"));
+        assert_eq!(out["opt/tool/share/doc.txt"].mode, 0o644);
+        assert_eq!(
+            out["opt/tool/bin/t"].kind,
+            EntryKind::Symlink("tool".into())
+        );
+
+        fs::write(&ar, targz(&[("ok", b"x")], Some(("l", "../../etc/passwd")))).unwrap();
+        let e = unpack_into("opt/tool", &ar, "file:///a.tar.gz", &mut BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains("leaves the folder"), "{e}");
     }
 }
