@@ -2,13 +2,17 @@
 //!
 //! `egress_bench sink ADDR CERT_OUT` serves on ADDR: a connection whose first
 //! byte is 0x16 gets a TLS handshake (cert for `localhost`, written as DER to
-//! CERT_OUT) and then an echo; `E` gets a plain echo; `D` is discarded and
-//! answered with the byte count (8 bytes, big-endian) at EOF.
+//! CERT_OUT) and then an echo; `E` gets a plain echo; `D` plus an 8-byte
+//! big-endian length is followed by that many bytes, discarded and answered
+//! with the count.
 //!
 //! Clients print one JSON line. PROXY is `host:port` of an HTTP proxy or
 //! `direct`; TARGET is what is sent in CONNECT (and dialled when direct).
 //! - `throughput PROXY TARGET BYTES`
-//! - `latency PROXY TARGET CERT CONCURRENCY SECONDS`
+//! - `latency PROXY TARGET CERT CONCURRENCY SECONDS`: CONCURRENCY TLS
+//!   tunnels, each doing 32-byte request/response round trips
+//! - `setup PROXY TARGET CERT CONCURRENCY SECONDS`: each request is a new
+//!   tunnel (CONNECT, TLS handshake, one round trip, close)
 //! - `idle PROXY TARGET CERT TUNNELS PID` (sums VmRSS over PID's process tree
 //!   while TUNNELS TLS tunnels are open and idle)
 //!
@@ -34,6 +38,7 @@ async fn main() -> Res<()> {
         "sink" => sink(&a(1), &a(2)).await,
         "throughput" => throughput(&a(1), &a(2), a(3).parse()?).await,
         "latency" => latency(&a(1), &a(2), &a(3), a(4).parse()?, a(5).parse()?).await,
+        "setup" => setup(&a(1), &a(2), &a(3), a(4).parse()?, a(5).parse()?).await,
         "idle" => idle(&a(1), &a(2), &a(3), a(4).parse()?, a(5).parse()?).await,
         other => Err(format!("unknown command `{other}`").into()),
     }
@@ -67,9 +72,17 @@ async fn sink(addr: &str, cert_out: &str) -> Res<()> {
                 }
                 b'E' => echo(s).await,
                 b'D' => {
+                    // `D`, an 8-byte big-endian length, then that many bytes;
+                    // answered with the count. No half-close: squid ends a
+                    // tunnel when either side shuts down its write half.
+                    let mut head = [0u8; 9];
+                    if s.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let want = u64::from_be_bytes(head[1..].try_into().unwrap_or([0; 8]));
                     let mut buf = vec![0u8; 256 * 1024];
                     let mut n = 0u64;
-                    loop {
+                    while n < want {
                         match s.read(&mut buf).await {
                             Ok(0) | Err(_) => break,
                             Ok(k) => n += k as u64,
@@ -123,19 +136,19 @@ async fn throughput(proxy: &str, target: &str, bytes: u64) -> Res<()> {
     let buf = vec![0x5au8; 256 * 1024];
     let start = Instant::now();
     s.write_all(b"D").await?;
+    s.write_all(&bytes.to_be_bytes()).await?;
     let mut left = bytes;
     while left > 0 {
         let k = left.min(buf.len() as u64) as usize;
         s.write_all(&buf[..k]).await?;
         left -= k as u64;
     }
-    s.shutdown().await?;
     let mut n = [0u8; 8];
     s.read_exact(&mut n).await?;
     let secs = start.elapsed().as_secs_f64();
     let got = u64::from_be_bytes(n);
-    if got != bytes + 1 {
-        return Err(format!("sink counted {got} bytes, sent {}", bytes + 1).into());
+    if got != bytes {
+        return Err(format!("sink counted {got} bytes, sent {bytes}").into());
     }
     println!(
         "{}",
@@ -172,6 +185,43 @@ async fn one_request(tls: &tokio_rustls::TlsConnector, proxy: &str, target: &str
 
 async fn latency(proxy: &str, target: &str, cert: &str, conc: usize, secs: u64) -> Res<()> {
     let tls = tls_connector(cert)?;
+    let mut tunnels = Vec::new();
+    for _ in 0..conc {
+        let s = open(proxy, target).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost")?;
+        tunnels.push(tls.connect(name, s).await?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for mut t in tunnels {
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            let msg = [7u8; 32];
+            let mut back = [0u8; 32];
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                let rt = async {
+                    t.write_all(&msg).await?;
+                    t.read_exact(&mut back).await?;
+                    Ok::<_, std::io::Error>(())
+                };
+                match tokio::time::timeout(Duration::from_secs(10), rt).await {
+                    Ok(Ok(())) => lat.push(start.elapsed().as_micros() as u64),
+                    _ => {
+                        errors += 1;
+                        break;
+                    }
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    report(tasks, secs).await
+}
+
+async fn setup(proxy: &str, target: &str, cert: &str, conc: usize, secs: u64) -> Res<()> {
+    let tls = tls_connector(cert)?;
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for _ in 0..conc {
@@ -194,6 +244,10 @@ async fn latency(proxy: &str, target: &str, cert: &str, conc: usize, secs: u64) 
             (lat, errors)
         }));
     }
+    report(tasks, secs).await
+}
+
+async fn report(tasks: Vec<tokio::task::JoinHandle<(Vec<u64>, u64)>>, secs: u64) -> Res<()> {
     let mut all = Vec::new();
     let mut errors = 0;
     for t in tasks {

@@ -492,3 +492,42 @@ async fn tunnel_lifetime_is_capped() {
     let d = w.proxy.decision().await;
     assert!(d["reason"].as_str().unwrap().contains("lifetime"), "{d}");
 }
+
+#[tokio::test]
+async fn large_and_chunked_bodies_pass_on_keepalive() {
+    let mut w = world().await;
+    let mut s = TcpStream::connect(w.proxy.addr).await.unwrap();
+    // 1 MiB with Content-Length, then a chunked body on the same connection:
+    // the framing watch must follow both without a false alarm.
+    let body = vec![b'x'; 1 << 20];
+    let head = format!(
+        "POST http://web.example.com/big HTTP/1.1\r\nHost: web.example.com\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let (mut r, mut wr) = s.split();
+    let send = async {
+        wr.write_all(head.as_bytes()).await.unwrap();
+        wr.write_all(&body).await.unwrap();
+    };
+    let mut got = Vec::new();
+    let recv = async {
+        let mut b = [0u8; 4096];
+        while !got.windows(12).any(|x| x == b"body=1048576") {
+            let n = r.read(&mut b).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&b[..n]);
+        }
+    };
+    tokio::join!(send, recv);
+    assert_eq!(w.proxy.decision().await["verdict"], "allow");
+    s.write_all(
+        b"POST http://web.example.com/chunked HTTP/1.1\r\nHost: web.example.com\r\nTransfer-Encoding: chunked\r\n\r\n\
+5\r\nhello\r\n1b\r\nContent-Length: 5\r\nX: y\r\n\r\n\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (code, head, body) = read_response(&mut s).await;
+    assert_eq!(code, 200, "{head}");
+    assert_eq!(body, b"host=web.example.com;path=/chunked;body=32");
+    assert_eq!(w.proxy.decision().await["verdict"], "allow");
+}

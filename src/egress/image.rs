@@ -55,14 +55,32 @@ pub fn runtime_files(exe: &Path) -> Result<Vec<(String, PathBuf)>, EgressError> 
     if let Some(interp) = &elf.interp {
         files.insert(interp.clone(), real(Path::new(interp))?);
     }
-    let mut todo: Vec<String> = elf.needed.clone();
+    // Each library is looked up in its dependent's RUNPATH first (how a Nix
+    // build finds its glibc), then in the system directories.
+    let origin = |p: &Path| {
+        p.parent()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default()
+    };
+    let expand = |dirs: &[String], of: &Path| -> Vec<String> {
+        dirs.iter()
+            .map(|d| d.replace("$ORIGIN", &origin(of)))
+            .collect()
+    };
+    let mut todo: Vec<(String, Vec<String>)> = elf
+        .needed
+        .iter()
+        .map(|n| (n.clone(), expand(&elf.runpath, exe)))
+        .collect();
     let mut seen = std::collections::BTreeSet::new();
-    while let Some(name) = todo.pop() {
+    while let Some((name, runpath)) = todo.pop() {
         if !seen.insert(name.clone()) {
             continue;
         }
-        let found = LIB_DIRS
+        let found = runpath
             .iter()
+            .map(String::as_str)
+            .chain(LIB_DIRS.iter().copied())
             .map(|d| Path::new(d).join(&name))
             .find(|p| p.is_file())
             .ok_or_else(|| {
@@ -73,7 +91,8 @@ pub fn runtime_files(exe: &Path) -> Result<Vec<(String, PathBuf)>, EgressError> 
             })?;
         let image_path = found.display().to_string();
         let lib = read_elf(&found)?;
-        todo.extend(lib.needed);
+        let lib_runpath = expand(&lib.runpath, &found);
+        todo.extend(lib.needed.into_iter().map(|n| (n, lib_runpath.clone())));
         files.insert(image_path, real(&found)?);
     }
     files.insert(EXE_PATH.to_string(), real(exe)?);
@@ -203,6 +222,8 @@ pub fn image_tag(config_digest: &str) -> String {
 pub struct ElfDeps {
     pub interp: Option<String>,
     pub needed: Vec<String>,
+    /// `DT_RUNPATH` (or `DT_RPATH`) directories, e.g. a Nix store path.
+    pub runpath: Vec<String>,
 }
 
 fn read_elf(path: &Path) -> Result<ElfDeps, EgressError> {
@@ -262,11 +283,12 @@ pub fn parse_elf(b: &[u8]) -> Result<ElfDeps, String> {
     let Some((dyn_off, dyn_size)) = dynamic else {
         return Ok(ElfDeps {
             interp,
-            needed: vec![],
+            ..ElfDeps::default()
         });
     };
     let mut strtab = None;
     let mut needed_offsets = Vec::new();
+    let mut runpath_offsets = Vec::new();
     for i in 0..dyn_size / 16 {
         let tag = u64at(dyn_off + i * 16)?;
         let val = u64at(dyn_off + i * 16 + 8)?;
@@ -274,6 +296,7 @@ pub fn parse_elf(b: &[u8]) -> Result<ElfDeps, String> {
             0 => break,
             1 => needed_offsets.push(val),
             5 => strtab = Some(val),
+            15 | 29 => runpath_offsets.push(val),
             _ => {}
         }
     }
@@ -283,18 +306,35 @@ pub fn parse_elf(b: &[u8]) -> Result<ElfDeps, String> {
         .find(|(vaddr, _, size)| strtab >= *vaddr && strtab < vaddr + size)
         .map(|(vaddr, off, _)| strtab - vaddr + off)
         .ok_or("DT_STRTAB not in a PT_LOAD segment")? as usize;
+    let string_at = |o: u64| -> Result<String, String> {
+        let rest = b
+            .get(strtab_off + o as usize..)
+            .ok_or("dynamic string out of range")?;
+        let s = rest.split(|&c| c == 0).next().unwrap_or_default();
+        Ok(String::from_utf8_lossy(s).to_string())
+    };
     let mut needed = Vec::new();
     for o in needed_offsets {
-        let start = strtab_off + o as usize;
-        let rest = b.get(start..).ok_or("DT_NEEDED out of range")?;
-        let s = rest.split(|&c| c == 0).next().unwrap_or_default();
-        let name = String::from_utf8_lossy(s).to_string();
+        let name = string_at(o)?;
         if name.contains('/') || name.is_empty() {
             return Err(format!("unexpected DT_NEEDED `{name}`"));
         }
         needed.push(name);
     }
-    Ok(ElfDeps { interp, needed })
+    let mut runpath = Vec::new();
+    for o in runpath_offsets {
+        runpath.extend(
+            string_at(o)?
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(String::from),
+        );
+    }
+    Ok(ElfDeps {
+        interp,
+        needed,
+        runpath,
+    })
 }
 
 #[cfg(test)]

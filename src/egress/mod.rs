@@ -25,6 +25,18 @@ pub const PIPELOCK_IMAGE: &str = "ghcr.io/luckypipewrench/pipelock";
 /// the lockfile records the digest it resolves to).
 pub const PIPELOCK_TAG: &str = "3.6.0";
 
+/// Digest of [`PIPELOCK_IMAGE`]`:`[`PIPELOCK_TAG`] as pinned by a public
+/// deployment that runs it (no registry is reachable from this project's
+/// machines, so it could not be re-resolved here). `lock` records it when it
+/// cannot ask the registry; a machine that can should re-resolve the tag.
+pub const PIPELOCK_DIGEST: &str =
+    "sha256:66d65eaca81ddae4d0872537bca276bd065baa8f2aebe2960de313cffc53fa47";
+
+/// `ghcr.io/luckypipewrench/pipelock:<tag>@sha256:…`, the pinned reference.
+pub fn pipelock_reference() -> String {
+    format!("{PIPELOCK_IMAGE}:{PIPELOCK_TAG}@{PIPELOCK_DIGEST}")
+}
+
 /// Port both sidecars listen on inside their container.
 pub const LISTEN_PORT: u16 = 8888;
 
