@@ -149,6 +149,68 @@ async fn a_sidecar_that_fails_to_start_leaves_no_network() {
     assert_ne!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("sidecar"), "{}", out.stderr);
     assert_eq!(leftovers(&fx.docker, agent).await, Vec::<String>::new());
+
+    // A sidecar that starts and dies at once: the error carries its output.
+    let policy = bottle::policy::Policy {
+        schema: 1,
+        agent: agent.into(),
+        egress: bottle::policy::Egress {
+            allow: vec![],
+            ssh: vec![],
+        },
+        env: vec![],
+        sidecar: bottle::policy::Sidecar {
+            kind: bottle::policy::SidecarKind::Builtin,
+            image: None,
+        },
+        limits: bottle::policy::Limits::default(),
+    };
+    let mut spec = run_common::agent_spec(&policy);
+    spec.config.entrypoint = vec![
+        "sh".into(),
+        "-c".into(),
+        "echo sidecar-broken-on-purpose >&2; exit 4".into(),
+    ];
+    spec.config.cmd = vec![];
+    let cache = tempfile::tempdir().unwrap();
+    let store = bottle::oci::BlobStore::open(cache.path()).unwrap();
+    let image = bottle::oci::build(&spec, &store).unwrap();
+    bottle::registry::RegistryClient::new(&fx.reg.host())
+        .unwrap()
+        .push(
+            "bottle/dying-sidecar",
+            None,
+            &image,
+            &store,
+            &bottle::progress::Progress::hidden(),
+        )
+        .await
+        .unwrap();
+    let dying = format!(
+        "{}/bottle/dying-sidecar@{}",
+        fx.reg.localhost(),
+        image.manifest_digest
+    );
+    let out = fx.bottle(
+        &[
+            "run",
+            "--yes",
+            "--sidecar-image",
+            &dying,
+            agent,
+            "--",
+            "true",
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("exited with code 4"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("sidecar-broken-on-purpose"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(leftovers(&fx.docker, agent).await, Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread")]
