@@ -163,6 +163,21 @@ async fn preflight_defaults_to_no_and_an_interactive_session_gets_a_real_tty() {
     p.send("stty size\n");
     let o = p.wait_for("40 120", Duration::from_secs(10));
     assert!(o.contains("40 120"), "resize not forwarded: {o}");
+    // Ctrl-C reaches the agent (raw mode), not bottle: the shell's sleep is
+    // interrupted and the session goes on.
+    p.send("sleep 30\n");
+    std::thread::sleep(Duration::from_millis(700));
+    p.send("\x03");
+    p.send("echo after-$((40+2))\n");
+    let o = p.wait_for("after-42", Duration::from_secs(10));
+    assert!(
+        o.contains("after-42"),
+        "Ctrl-C did not reach the agent's shell: {o}"
+    );
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "bottle exited on Ctrl-C"
+    );
     p.send("exit 3\n");
     assert_eq!(
         p.exit_code(Duration::from_secs(30)),
