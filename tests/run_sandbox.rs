@@ -35,6 +35,12 @@ async fn only_the_sidecar_leads_out_and_only_to_allowed_hosts() {
     let host_port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
 
+    // The host's own primary address (a UDP "connect" sends nothing; it
+    // only picks the route's source address).
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    probe.connect("192.0.2.1:9").unwrap();
+    let host_ip = probe.local_addr().unwrap().ip().to_string();
+
     // The host resolves this name (the machine's own resolver); the bottle
     // must not. If the host cannot resolve it either, the check still
     // requires that the agent cannot.
@@ -53,6 +59,7 @@ gw=$(ip route | awk '/^default/ {{print $3}}')
 echo "gateway=$gw"
 if nc -w 3 "$gw" {host_port} </dev/null; then echo gw-host=open; else echo gw-host=closed; fi
 if nc -w 3 172.17.0.1 {host_port} </dev/null; then echo docker0-host=open; else echo docker0-host=closed; fi
+if nc -w 3 {host_ip} {host_port} </dev/null; then echo hostip-host=open; else echo hostip-host=closed; fi
 if nslookup {outside} >/dev/null 2>&1; then echo outside=resolved; else echo outside=unresolved; fi
 if nslookup "$SIDECAR" >/dev/null 2>&1; then echo inside=resolved; else echo inside=unresolved; fi
 "#
@@ -94,6 +101,7 @@ if nslookup "$SIDECAR" >/dev/null 2>&1; then echo inside=resolved; else echo ins
     assert!(o.contains("direct=closed"), "{o}");
     assert!(o.contains("gw-host=closed"), "{o}");
     assert!(o.contains("docker0-host=closed"), "{o}");
+    assert!(o.contains("hostip-host=closed"), "{o}");
     assert!(o.contains("outside=unresolved"), "{o}");
     assert!(
         o.contains("inside=resolved"),
