@@ -81,7 +81,9 @@ pub async fn ps(docker: &Docker) -> Result<Vec<RunInfo>, EngineError> {
     Ok(group(engine::list_labeled(docker, LABEL_RUN).await?))
 }
 
-/// Remove (or, with `dry_run`, list) the runs whose owner is gone.
+/// Remove (or, with `dry_run`, list) the runs whose owner is gone. Every
+/// object is attempted even if another could not be removed; the first
+/// failure is returned after the sweep.
 pub async fn gc(docker: &Docker, dry_run: bool) -> Result<Vec<RunInfo>, EngineError> {
     let dead: Vec<RunInfo> = ps(docker)
         .await?
@@ -91,13 +93,21 @@ pub async fn gc(docker: &Docker, dry_run: bool) -> Result<Vec<RunInfo>, EngineEr
     if dry_run {
         return Ok(dead);
     }
+    let mut first_error = None;
     for r in &dead {
         for c in &r.containers {
-            engine::remove_container(docker, &c.name).await?;
+            if let Err(e) = engine::remove_container(docker, &c.name).await {
+                first_error.get_or_insert(e);
+            }
         }
         for n in &r.networks {
-            engine::remove_network(docker, n).await?;
+            if let Err(e) = engine::remove_network(docker, n).await {
+                first_error.get_or_insert(e);
+            }
         }
     }
-    Ok(dead)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(dead),
+    }
 }
