@@ -111,3 +111,65 @@ pub async fn gc(docker: &Docker, dry_run: bool) -> Result<Vec<RunInfo>, EngineEr
         None => Ok(dead),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn obj(kind: ObjectKind, name: &str, role: &str, pid: u32, start: u64) -> Labeled {
+        let mut labels = HashMap::new();
+        labels.insert(LABEL_RUN.to_string(), "a-1".to_string());
+        labels.insert(LABEL_AGENT.to_string(), "a".to_string());
+        labels.insert(LABEL_ROLE.to_string(), role.to_string());
+        labels.insert(LABEL_OWNER_PID.to_string(), pid.to_string());
+        labels.insert(LABEL_OWNER_START.to_string(), start.to_string());
+        labels.insert(LABEL_OWNER_HOST.to_string(), owner::hostname());
+        Labeled {
+            kind,
+            name: name.into(),
+            state: "running".into(),
+            labels,
+        }
+    }
+
+    #[test]
+    fn groups_by_run_in_teardown_order_with_liveness() {
+        let me = std::process::id();
+        let start = owner::self_start();
+        let runs = group(vec![
+            obj(ObjectKind::Network, "bottle-a-1-net", "network", me, start),
+            obj(
+                ObjectKind::Container,
+                "bottle-a-1-sidecar",
+                "sidecar",
+                me,
+                start,
+            ),
+            obj(
+                ObjectKind::Network,
+                "bottle-a-1-egress",
+                "network",
+                me,
+                start,
+            ),
+            obj(ObjectKind::Container, "bottle-a-1", "agent", me, start),
+        ]);
+        assert_eq!(runs.len(), 1);
+        let r = &runs[0];
+        assert!(r.owner_alive);
+        let names: Vec<&str> = r.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["bottle-a-1", "bottle-a-1-sidecar"]);
+        assert_eq!(r.networks, ["bottle-a-1-egress", "bottle-a-1-net"]);
+
+        // Same pid, another start time: the owner is gone (pid recycled).
+        let runs = group(vec![obj(
+            ObjectKind::Container,
+            "bottle-a-1",
+            "agent",
+            me,
+            start + 1,
+        )]);
+        assert!(!runs[0].owner_alive);
+    }
+}
