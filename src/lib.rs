@@ -7,9 +7,15 @@
 
 pub mod cli;
 pub mod egress;
+pub mod engine;
 pub mod error;
 pub mod host;
+pub mod lock;
+pub mod manifest;
 pub mod oci;
+pub mod plan;
 pub mod policy;
 pub mod progress;
+pub mod reference;
 pub mod registry;
+pub mod runner;

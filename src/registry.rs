@@ -30,6 +30,13 @@ use crate::oci::spec::Digest;
 use crate::oci::{BlobStore, BuiltImage, OciError, media};
 use crate::progress::Progress;
 
+const MANIFEST_TYPES: &[&str] = &[
+    media::OCI_MANIFEST,
+    media::OCI_INDEX,
+    media::DOCKER_MANIFEST,
+    media::DOCKER_MANIFEST_LIST,
+];
+
 const HOW_TO_START: &str = "start one with `docker-registry serve <config.yml>` \
 (Debian: `apt-get install docker-registry`; config: `http.addr: 127.0.0.1:5000`, \
 filesystem storage), or point --registry / BOTTLE_REGISTRY at a registry that is running";
@@ -94,7 +101,19 @@ impl Classify for RegistryError {
 pub struct PushStats {
     pub blobs_uploaded: usize,
     pub bytes_uploaded: u64,
+    /// Already in the target repository (HEAD said so).
     pub blobs_skipped: usize,
+    /// Linked from another repository of the same registry, no upload.
+    pub blobs_mounted: usize,
+}
+
+/// Knobs for [`RegistryClient::push_with`].
+#[derive(Debug, Clone, Default)]
+pub struct PushOptions {
+    /// Repositories on the same registry that may hold some blobs already
+    /// (e.g. the base image's); missing blobs are cross-mounted from them
+    /// before falling back to an upload.
+    pub mount_from: Vec<String>,
 }
 
 /// Where a pull ended: the platform manifest now in the blob store.
@@ -169,13 +188,19 @@ impl RegistryClient {
     /// `registry` is `HOST[:PORT]` (e.g. `localhost:5000`, `127.0.0.1:5001`).
     pub fn new(registry: &str) -> Result<Self, RegistryError> {
         validate_registry(registry)?;
-        let protocol = if is_loopback(registry) {
+        let loopback = is_loopback(registry);
+        let protocol = if loopback {
             ClientProtocol::HttpsExcept(vec![registry.to_string()])
         } else {
             ClientProtocol::Https
         };
         let config = ClientConfig {
             protocol,
+            tls_certs_only: if loopback {
+                unused_trust_root()
+            } else {
+                Vec::new()
+            },
             // One PUT per blob: fewer round trips than chunked PATCHes.
             use_monolithic_push: true,
             connect_timeout: Some(Duration::from_secs(10)),
@@ -222,6 +247,15 @@ impl RegistryClient {
                 registry: self.registry.clone(),
                 what: action,
             }
+        } else if has_error_code(&e, "DIGEST_INVALID") {
+            RegistryError::DigestMismatch {
+                what: format!(
+                    "{action}: the registry computed another digest for the bytes sent \
+                     (a corrupted local blob? delete it from the blob store and rebuild)"
+                ),
+                expected: "bytes that hash to the blob's name".into(),
+                actual: "bytes that do not (registry: DIGEST_INVALID)".into(),
+            }
         } else if let OciDistributionError::DigestError(
             oci_client::errors::DigestError::VerificationError { expected, actual },
         ) = &e
@@ -250,6 +284,26 @@ impl RegistryClient {
         store: &BlobStore,
         progress: &Progress,
     ) -> Result<PushStats, RegistryError> {
+        self.push_with(repo, tag, image, store, progress, &PushOptions::default())
+            .await
+    }
+
+    /// [`RegistryClient::push`] with options (cross-repository mounts).
+    pub async fn push_with(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        image: &BuiltImage,
+        store: &BlobStore,
+        progress: &Progress,
+        options: &PushOptions,
+    ) -> Result<PushStats, RegistryError> {
+        let mount_sources = options
+            .mount_from
+            .iter()
+            .filter(|r| r.as_str() != repo)
+            .map(|r| self.reference(r, &image.manifest_digest))
+            .collect::<Result<Vec<_>, _>>()?;
         let by_digest = self.reference(repo, &image.manifest_digest)?;
         let tagged = match tag {
             Some(t) => {
@@ -287,6 +341,23 @@ impl RegistryClient {
                 .map_err(|e| self.classify(format!("check blob {digest} in {repo}"), e))?;
             if present {
                 stats.blobs_skipped += 1;
+                continue;
+            }
+            let mut mounted = false;
+            for source in &mount_sources {
+                // A refused mount (202 + upload session) just means "upload it".
+                if self
+                    .client
+                    .mount_blob(&by_digest, source, digest)
+                    .await
+                    .is_ok()
+                {
+                    mounted = true;
+                    break;
+                }
+            }
+            if mounted {
+                stats.blobs_mounted += 1;
                 continue;
             }
             let size = store.size(digest)?;
@@ -418,6 +489,60 @@ impl RegistryClient {
             .await
     }
 
+    /// Fetch the image manifest `digest` (not an index) and every blob it
+    /// names into the store, whatever its platform. Returns the digest.
+    async fn pull_manifest_only(
+        &self,
+        repo: &str,
+        digest: &str,
+        store: &BlobStore,
+        progress: &Progress,
+    ) -> Result<Digest, RegistryError> {
+        let reference = self.reference(repo, digest)?;
+        let shown = format!("{}/{repo}@{digest}", self.registry);
+        let bytes = self.fetch_manifest_bytes(&reference, &shown).await?;
+        let parsed = parse_manifest(&bytes, digest)?;
+        let mut wanted = vec![(parsed.config_digest.clone(), 0u64, "config".to_string())];
+        for (i, l) in parsed.layers.iter().enumerate() {
+            wanted.push((l.digest.clone(), l.size, format!("layer {i}")));
+        }
+        for (d, size, name) in &wanted {
+            if !store.has(d) {
+                self.fetch_blob(&reference, d, *size, name, &shown, store, progress)
+                    .await?;
+            }
+        }
+        store.put_expected(digest, &bytes)?;
+        Ok(digest.to_string())
+    }
+
+    /// GET a manifest and check it hashes to the digest the reference names.
+    async fn fetch_manifest_bytes(
+        &self,
+        reference: &Reference,
+        shown: &str,
+    ) -> Result<Vec<u8>, RegistryError> {
+        self.client
+            .store_auth_if_needed(reference.resolve_registry(), &RegistryAuth::Anonymous)
+            .await;
+        let (bytes, _) = self
+            .client
+            .pull_manifest_raw(reference, &RegistryAuth::Anonymous, MANIFEST_TYPES)
+            .await
+            .map_err(|e| self.classify(format!("fetch manifest {shown}"), e))?;
+        let got = sha256_digest(&bytes);
+        if let Some(want) = reference.digest()
+            && want != got
+        {
+            return Err(RegistryError::DigestMismatch {
+                what: format!("manifest {shown}"),
+                expected: want.to_string(),
+                actual: got,
+            });
+        }
+        Ok(bytes.to_vec())
+    }
+
     async fn pull_reference(
         &self,
         reference: &Reference,
@@ -426,30 +551,8 @@ impl RegistryClient {
         store: &BlobStore,
         progress: &Progress,
     ) -> Result<PulledImage, RegistryError> {
-        const ACCEPT: &[&str] = &[
-            media::OCI_MANIFEST,
-            media::OCI_INDEX,
-            media::DOCKER_MANIFEST,
-            media::DOCKER_MANIFEST_LIST,
-        ];
-        self.client
-            .store_auth_if_needed(reference.resolve_registry(), &RegistryAuth::Anonymous)
-            .await;
-        let (bytes, _) = self
-            .client
-            .pull_manifest_raw(reference, &RegistryAuth::Anonymous, ACCEPT)
-            .await
-            .map_err(|e| self.classify(format!("fetch manifest {shown}"), e))?;
+        let bytes = self.fetch_manifest_bytes(reference, shown).await?;
         let first_digest = sha256_digest(&bytes);
-        if let Some(want) = reference.digest()
-            && want != first_digest
-        {
-            return Err(RegistryError::DigestMismatch {
-                what: format!("manifest {shown}"),
-                expected: want.to_string(),
-                actual: first_digest,
-            });
-        }
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| OciError::Json {
             what: format!("manifest {shown}"),
             source: e,
@@ -462,19 +565,9 @@ impl RegistryClient {
                 reference.repository().to_string(),
                 chosen.clone(),
             );
-            let (m, _) = self
-                .client
-                .pull_manifest_raw(&by_digest, &RegistryAuth::Anonymous, ACCEPT)
-                .await
-                .map_err(|e| self.classify(format!("fetch manifest {shown} ({platform})"), e))?;
-            let got = sha256_digest(&m);
-            if got != chosen {
-                return Err(RegistryError::DigestMismatch {
-                    what: format!("manifest {shown} ({platform})"),
-                    expected: chosen,
-                    actual: got,
-                });
-            }
+            let m = self
+                .fetch_manifest_bytes(&by_digest, &format!("{shown} ({platform})"))
+                .await?;
             (m, chosen, Some(first_digest))
         } else {
             (bytes, first_digest, None)
@@ -594,6 +687,43 @@ pub async fn push(
         .await
 }
 
+/// Copy one image by digest between repositories or registries (for
+/// `bottle push <ref> --to <repo>`): fetch what the blob store lacks from
+/// `from` (verified), push to `to`. The digest cannot change: the manifest
+/// bytes are copied as they are.
+pub async fn copy(
+    from: (&str, &str),
+    digest: &str,
+    to: (&str, &str),
+    tag: Option<&str>,
+    store: &BlobStore,
+    progress: &Progress,
+) -> Result<PushStats, RegistryError> {
+    let (from_registry, from_repo) = from;
+    let (to_registry, to_repo) = to;
+    hex_part(digest)?;
+    let image = match BuiltImage::from_store(digest, store) {
+        Ok(image) if image.layers.iter().all(|l| store.has(&l.digest)) => image,
+        _ => {
+            let pulled = RegistryClient::new(from_registry)?
+                .pull_manifest_only(from_repo, digest, store, progress)
+                .await?;
+            BuiltImage::from_store(&pulled, store)?
+        }
+    };
+    let target = RegistryClient::new(to_registry)?;
+    let options = PushOptions {
+        mount_from: if from_registry == to_registry {
+            vec![from_repo.to_string()]
+        } else {
+            Vec::new()
+        },
+    };
+    target
+        .push_with(to_repo, tag, &image, store, progress, &options)
+        .await
+}
+
 /// Is `registry/repo@digest` there?
 pub async fn manifest_exists(
     registry: &str,
@@ -624,6 +754,21 @@ pub async fn pull_image(
     client
         .pull_reference(&parsed, reference, platform, store, progress)
         .await
+}
+
+/// A plain-HTTP loopback registry needs no TLS trust at all, but building
+/// the HTTP client loads the platform's root store anyway (10-20 ms, a big
+/// slice of a no-op `lock`). Trusting only a throwaway self-signed root
+/// skips that; it is never used to verify anything because no TLS happens.
+fn unused_trust_root() -> Vec<oci_client::client::Certificate> {
+    match rcgen::generate_simple_self_signed(vec!["bottle.invalid".to_string()]) {
+        Ok(ck) => vec![oci_client::client::Certificate {
+            encoding: oci_client::client::CertificateEncoding::Der,
+            data: ck.cert.der().to_vec(),
+        }],
+        // Falling back to the platform roots is only slower, never wrong.
+        Err(_) => Vec::new(),
+    }
 }
 
 fn is_index(v: &Value) -> bool {
@@ -714,6 +859,21 @@ fn file_chunks(
             }
         }
     }))
+}
+
+/// Does the registry's error body carry this OCI error `code`? oci-client
+/// parses the body on some paths (`RegistryError`) and passes it as text on
+/// others (`ServerError`); look in both.
+fn has_error_code(e: &OciDistributionError, code: &str) -> bool {
+    let body = match e {
+        OciDistributionError::RegistryError { envelope, .. } => serde_json::to_value(envelope).ok(),
+        OciDistributionError::ServerError { message, .. } => serde_json::from_str(message).ok(),
+        _ => None,
+    };
+    body.and_then(|v| v.get("errors").and_then(Value::as_array).cloned())
+        .into_iter()
+        .flatten()
+        .any(|x| x.get("code").and_then(Value::as_str) == Some(code))
 }
 
 fn is_unreachable(e: &OciDistributionError) -> bool {

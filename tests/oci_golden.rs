@@ -103,16 +103,6 @@ fn build_digest() -> String {
         .manifest_digest
 }
 
-/// Child mode: build and print the digest (used by the test below, which
-/// re-runs this test binary under another umask, TZ and cwd).
-#[test]
-fn child_print_digest() {
-    if std::env::var_os("BOTTLE_GOLDEN_CHILD").is_none() {
-        return;
-    }
-    println!("\nGOLDEN={}", build_digest());
-}
-
 #[test]
 fn fixed_spec_builds_to_pinned_digest() {
     let got = build_digest();
@@ -126,15 +116,22 @@ fn fixed_spec_builds_to_pinned_digest() {
     );
 }
 
+/// Re-runs this same test in a child process (this test binary, filtered
+/// to this test) under another umask, TZ and cwd; the child only builds and
+/// prints its digest.
 #[test]
 fn same_digest_under_other_umask_tz_and_cwd() {
+    if std::env::var_os("BOTTLE_GOLDEN_CHILD").is_some() {
+        println!("\nGOLDEN={}", build_digest());
+        return;
+    }
     let here = build_digest();
     let cwd = tempfile::tempdir().unwrap();
     for (umask, tz) in [(0o000, "Pacific/Kiritimati"), (0o077, "America/St_Johns")] {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.args([
             "--exact",
-            "child_print_digest",
+            "same_digest_under_other_umask_tz_and_cwd",
             "--nocapture",
             "--test-threads=1",
         ])

@@ -34,3 +34,14 @@ async fn engine_answers_with_negotiated_version() {
     let v = docker.version().await.expect("engine version");
     assert!(v.api_version.is_some(), "{v:?}");
 }
+
+#[test]
+fn bottle_binary_gets_stdin_and_reports_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    // An unknown subcommand is a usage error (clap exits 2) whatever stdin holds.
+    let out =
+        common::run_bottle_stdin(&["no-such-command"], dir.path(), &[], Some(b"not a secret"));
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("no-such-command"), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+}

@@ -155,3 +155,64 @@ async fn a_blob_served_with_wrong_bytes_is_caught() {
         "a partial image is not announced"
     );
 }
+
+#[tokio::test]
+async fn copy_between_registries_keeps_the_digest() {
+    init();
+    let (Some(src), Some(dst)) = (common::Registry::start(), common::Registry::start()) else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(cache.path()).unwrap();
+    let img = build(&small_spec(b"copied"), &store).unwrap();
+    let none = Progress::hidden();
+    bottle::registry::push(&src.host(), "bottle/src", None, &img, &store, &none)
+        .await
+        .unwrap();
+
+    // From an empty blob store: everything is fetched from `src`, verified.
+    let other = tempfile::tempdir().unwrap();
+    let store2 = BlobStore::open(other.path()).unwrap();
+    let stats = bottle::registry::copy(
+        (&src.host(), "bottle/src"),
+        &img.manifest_digest,
+        (&dst.host(), "team/copy"),
+        Some("v1"),
+        &store2,
+        &none,
+    )
+    .await
+    .unwrap();
+    assert_eq!(stats.blobs_uploaded, 2, "{stats:?}");
+    let client = RegistryClient::new(&dst.host()).unwrap();
+    assert!(
+        client
+            .manifest_exists("team/copy", &img.manifest_digest)
+            .await
+            .unwrap()
+    );
+    let third = tempfile::tempdir().unwrap();
+    let store3 = BlobStore::open(third.path()).unwrap();
+    let pulled = client
+        .pull("team/copy", "v1", &Platform::default(), &store3, &none)
+        .await
+        .unwrap();
+    assert_eq!(pulled.manifest_digest, img.manifest_digest);
+
+    // Within one registry, the layer is mounted rather than uploaded.
+    let within = bottle::registry::copy(
+        (&dst.host(), "team/copy"),
+        &img.manifest_digest,
+        (&dst.host(), "team/again"),
+        None,
+        &store2,
+        &none,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (within.blobs_mounted, within.blobs_uploaded),
+        (2, 0),
+        "{within:?}"
+    );
+}

@@ -118,6 +118,13 @@ async fn push_fetch_back_verify_and_push_again_uploads_nothing() {
         .push(repo, None, &image2, &store, &Progress::hidden())
         .await
         .unwrap();
+    eprintln!(
+        "push stats: first {first:?}; again {second:?}; one new layer {third:?} (layer {} config {} manifest {}; base layer {})",
+        image2.layers[1].size,
+        image2.config.len(),
+        image2.manifest.len(),
+        image.layers[0].size
+    );
     assert_eq!(
         (third.blobs_uploaded, third.blobs_skipped),
         (2, 1),
@@ -223,4 +230,97 @@ async fn bad_references_are_bad_input() {
             .unwrap_err();
         assert_eq!(err.exit_kind(), ExitKind::BadInput, "{r}: {err:?}");
     }
+}
+
+#[tokio::test]
+async fn base_layers_are_mounted_from_another_repository_not_uploaded() {
+    init();
+    if !common::require_busybox() {
+        return;
+    }
+    let Some(reg) = common::Registry::start() else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(cache.path()).unwrap();
+    let client = RegistryClient::new(&reg.host()).unwrap();
+    let none = Progress::hidden();
+    let base = build(&common::busybox_spec(), &store).unwrap();
+    client
+        .push("bottle/base", None, &base, &store, &none)
+        .await
+        .unwrap();
+
+    let mut spec = common::busybox_spec();
+    spec.base = bottle::oci::spec::Base::Image {
+        reference: format!("{}/bottle/base@{}", reg.host(), base.manifest_digest),
+        manifest_digest: base.manifest_digest.clone(),
+    };
+    spec.layers[0].name = "agent".into();
+    spec.layers[0].entries.retain(|e| e.path == "tmp");
+    let agent = build(&spec, &store).unwrap();
+    assert_eq!(agent.layers[0].digest, base.layers[0].digest);
+    let opts = registry::PushOptions {
+        mount_from: vec!["bottle/base".into(), "bottle/does-not-exist".into()],
+    };
+    let stats = client
+        .push_with("bottle/agent", Some("latest"), &agent, &store, &none, &opts)
+        .await
+        .unwrap();
+    assert_eq!(stats.blobs_mounted, 1, "{stats:?}");
+    assert_eq!(stats.blobs_uploaded, 2, "{stats:?}");
+    assert_eq!(
+        stats.bytes_uploaded,
+        agent.layers[1].size + agent.config.len() as u64 + agent.manifest.len() as u64
+    );
+    // The mounted layer is really there: a fresh pull gets the whole image.
+    let fresh = tempfile::tempdir().unwrap();
+    let store2 = BlobStore::open(fresh.path()).unwrap();
+    let pulled = client
+        .pull(
+            "bottle/agent",
+            "latest",
+            &Platform::default(),
+            &store2,
+            &none,
+        )
+        .await
+        .unwrap();
+    assert_eq!(pulled.manifest_digest, agent.manifest_digest);
+    store2.verify(&base.layers[0].digest).unwrap();
+}
+
+#[tokio::test]
+async fn a_corrupted_local_blob_is_refused_by_the_registry_as_a_failure() {
+    init();
+    let Some(reg) = common::Registry::start() else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(cache.path()).unwrap();
+    let mut spec = common::busybox_spec();
+    spec.layers[0].entries.retain(|e| e.path == "tmp");
+    let image = build(&spec, &store).unwrap();
+    // Flip a byte of the layer blob behind the store's back (same size).
+    let path = store.blob_path(&image.layers[0].digest).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[20] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = registry::push(
+        &reg.host(),
+        "bottle/corrupt",
+        None,
+        &image,
+        &store,
+        &Progress::hidden(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_kind(), ExitKind::Failure, "{err:?}");
+    assert!(err.to_string().contains("blob store"), "{err}");
+    assert!(
+        !registry::manifest_exists(&reg.host(), "bottle/corrupt", &image.manifest_digest)
+            .await
+            .unwrap()
+    );
 }

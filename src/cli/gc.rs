@@ -1,10 +1,34 @@
-//! `bottle gc`.
+//! `bottle gc`: remove what runs whose owning process is gone left behind.
 
-use super::{CliError, CliResult};
+use super::CliResult;
+use crate::runner::gc;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Only show what would be removed
+    #[arg(long)]
+    dry_run: bool,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+}
 
-pub async fn exec(_args: Args) -> CliResult {
-    Err(CliError::not_yet("gc"))
+pub async fn exec(args: Args) -> CliResult {
+    let docker = crate::engine::connect().await?;
+    let removed = gc::gc(&docker, args.dry_run).await?;
+    super::ps::print_runs(&removed, args.json)?;
+    if !args.json {
+        let n: usize = removed.iter().map(|r| r.containers.len()).sum();
+        let m: usize = removed.iter().map(|r| r.networks.len()).sum();
+        eprintln!(
+            "{} {} run(s): {n} container(s), {m} network(s)",
+            if args.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            },
+            removed.len()
+        );
+    }
+    Ok(0)
 }

@@ -48,7 +48,7 @@ enum Command {
     /// CI gate: is each lockfile up to date, and does a rebuild from it give the same digest? (exit 0/1)
     Check(check::Args),
     /// Run a locked bottle by digest behind its egress sidecar: <agent> | <agent>@sha256:… | <registry>/<repo>@sha256:…
-    Run(run::Args),
+    Run(Box<run::Args>),
     /// List running bottles
     Ps(ps::Args),
     /// Remove containers and networks left behind by bottles whose owning process is gone
@@ -95,7 +95,7 @@ async fn dispatch(command: Command) -> CliResult {
     match command {
         Command::Lock(a) => lock::exec(a).await,
         Command::Check(a) => check::exec(a).await,
-        Command::Run(a) => run::exec(a).await,
+        Command::Run(a) => run::exec(*a).await,
         Command::Ps(a) => ps::exec(a).await,
         Command::Gc(a) => gc::exec(a).await,
         Command::Push(a) => push::exec(a).await,

@@ -191,8 +191,7 @@ pub fn build(spec: &ImageSpec, store: &BlobStore) -> Result<BuiltImage, OciError
 
     let mut layers = base_layers;
     let mut from_cache = 0;
-    for ls in &spec.layers {
-        let l = build_layer(ls, spec.mtime, store)?;
+    for l in build_layers(spec, store)? {
         from_cache += usize::from(l.from_cache);
         layers.push(LayerRef {
             name: l.name,
@@ -250,6 +249,66 @@ pub fn build(spec: &ImageSpec, store: &BlobStore) -> Result<BuiltImage, OciError
         platform,
         layers_from_cache: from_cache,
     })
+}
+
+/// Build every layer of the spec, several at a time (one per core), and
+/// return them in spec order. Each layer's bytes depend only on its own
+/// spec, so the order of work cannot change any digest; on failure the
+/// first failing layer in spec order is reported.
+fn build_layers(spec: &ImageSpec, store: &BlobStore) -> Result<Vec<super::Layer>, OciError> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let n = spec.layers.len();
+    let workers = std::thread::available_parallelism()
+        .map(|p| p.get())
+        .unwrap_or(1)
+        .min(n);
+    if workers <= 1 {
+        return spec
+            .layers
+            .iter()
+            .map(|ls| build_layer(ls, spec.mtime, store))
+            .collect();
+    }
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<super::Layer, OciError>>>> =
+        Mutex::new((0..n).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(ls) = spec.layers.get(i) else { break };
+                    let r = build_layer(ls, spec.mtime, store);
+                    let failed = r.is_err();
+                    if let Ok(mut slots) = results.lock() {
+                        slots[i] = Some(r);
+                    }
+                    if failed {
+                        // Let the others finish their current layer; take no more.
+                        next.store(n, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let slots = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut out = Vec::with_capacity(n);
+    for (i, slot) in slots.into_iter().enumerate() {
+        match slot {
+            Some(r) => out.push(r?),
+            // Only skipped after an earlier-started layer failed; report that.
+            None => {
+                return Err(OciError::Unsupported {
+                    what: format!("layer `{}`", spec.layers[i].name),
+                    reason: "not built because another layer failed".into(),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Docker's gzip layer type names the same bytes as OCI's; an OCI manifest
@@ -511,6 +570,33 @@ mod tests {
                 .config,
             img.config
         );
+    }
+
+    #[test]
+    fn parallel_layer_builds_report_the_first_failing_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut s = spec_with(b"b");
+        let mut bad = s.layers[0].clone();
+        bad.name = "bad".into();
+        bad.entries[0].path = "/abs".into();
+        s.layers.insert(1, bad);
+        for i in 0..4 {
+            let mut extra = s.layers[0].clone();
+            extra.name = format!("extra{i}");
+            s.layers.push(extra);
+        }
+        let err = build(&s, &store).unwrap_err();
+        assert!(
+            matches!(&err, OciError::InvalidPath { layer, .. } if layer == "bad"),
+            "{err}"
+        );
+        // Same layers, same order, same digest, however the work was split.
+        let ok = spec_with(b"b");
+        let a = build(&ok, &store).unwrap();
+        let dir2 = tempfile::tempdir().unwrap();
+        let b = build(&ok, &BlobStore::open(dir2.path()).unwrap()).unwrap();
+        assert_eq!(a.manifest_digest, b.manifest_digest);
     }
 
     #[test]

@@ -14,6 +14,10 @@
 //! - no device files, fifos or sockets; symlink targets must stay inside the
 //!   image root (checked lexically);
 //! - gzip: no file name, mtime 0, OS byte 255, level 6, zlib-rs backend.
+//!   zlib-rs picks SIMD code by CPU only for `compare256`, `slide_hash` and
+//!   checksums, which compute the same values on every path, so the bytes
+//!   do not depend on the CPU; a C zlib switched on by another crate's
+//!   feature WOULD change them (the golden test would catch it).
 //!
 //! Building streams: file contents go from disk through tar, the diff_id
 //! hasher, gzip and the digest hasher into a temp blob, never held whole in

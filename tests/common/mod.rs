@@ -208,12 +208,38 @@ pub struct Output {
 /// Run the built `bottle` binary in `cwd` with extra `env` (added to the
 /// inherited environment) and capture everything.
 pub fn run_bottle(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
+    run_bottle_stdin(args, cwd, env, None)
+}
+
+/// Like [`run_bottle`], feeding `stdin` (e.g. secrets, which never go on
+/// argv or in env) to the process; `None` gives it /dev/null.
+pub fn run_bottle_stdin(
+    args: &[&str],
+    cwd: &Path,
+    env: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bottle"));
-    cmd.args(args).current_dir(cwd).stdin(Stdio::null());
+    cmd.args(args)
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run the bottle binary");
+    let mut child = cmd.spawn().expect("run the bottle binary");
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A child that exits early closes the pipe; that is its answer, not ours.
+        let _ = pipe.write_all(input);
+    }
+    let out = child
+        .wait_with_output()
+        .expect("wait for the bottle binary");
     Output {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

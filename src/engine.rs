@@ -1,0 +1,651 @@
+//! The Docker engine, through bollard only: version checks, networks,
+//! hardened containers, pulls by digest, uploads, attach, waits, and
+//! label-scoped listing and removal.
+//!
+//! Invariants:
+//! - Every container this module creates is hardened the same way (see
+//!   [`hardened_host_config`]): non-root, no capabilities, no-new-privileges,
+//!   read-only root, tmpfs `/tmp`, an init, pids/memory/CPU limits, no
+//!   published ports, no host namespaces, the default seccomp profile, and
+//!   no bind mount except an explicitly requested workspace.
+//! - Removal is idempotent: "no such container/network" is success, so a
+//!   teardown can run twice (guard + signal) without failing.
+//! - Secret values only ever travel in a create body (`Config.Env`) or over
+//!   an attached stdin; nothing here logs a request body.
+
+use std::collections::HashMap;
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, HostConfigCgroupnsModeEnum, Mount,
+    MountType, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListNetworksOptions,
+    RemoveContainerOptions, UploadToContainerOptions,
+};
+use futures_util::StreamExt;
+
+use crate::policy::Limits;
+
+/// First engine release whose internal networks do not forward DNS for
+/// external names through the host (CVE-2024-29018).
+pub const MIN_PATCHED: (u32, u32, u32) = (25, 0, 5);
+/// First engine release with `gateway_mode_ipv4=isolated`.
+pub const MIN_ISOLATED_GATEWAY: (u32, u32, u32) = (28, 0, 0);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(
+        "cannot reach the Docker engine ({0}); start Docker or set DOCKER_HOST to a running engine"
+    )]
+    Connect(#[source] BollardError),
+    #[error(
+        "Docker engine {version} is older than 25.0.5: its internal networks forward DNS for external names through the host (CVE-2024-29018), so a bottle could leak data over DNS. Upgrade the engine, or pass --allow-unpatched-engine (env BOTTLE_ALLOW_UNPATCHED_ENGINE=1) to run with bottle's DNS mitigation"
+    )]
+    Unpatched { version: String },
+    #[error("Docker engine reports an unparsable version `{0}`")]
+    Version(String),
+    #[error("engine: {what}: {source}")]
+    Api {
+        what: String,
+        #[source]
+        source: BollardError,
+    },
+    #[error("pulling {reference}: {message}")]
+    Pull { reference: String, message: String },
+    #[error(
+        "the engine's image for {reference} does not carry digest {digest} (it lists {found:?}); refusing to run it"
+    )]
+    DigestMismatch {
+        reference: String,
+        digest: String,
+        found: Vec<String>,
+    },
+}
+
+impl crate::error::Classify for EngineError {
+    fn exit_kind(&self) -> crate::error::ExitKind {
+        use crate::error::ExitKind;
+        match self {
+            EngineError::DigestMismatch { .. } => ExitKind::Failure,
+            EngineError::Api { .. } => ExitKind::Failure,
+            _ => ExitKind::Environment,
+        }
+    }
+}
+
+fn api(what: impl Into<String>) -> impl FnOnce(BollardError) -> EngineError {
+    let what = what.into();
+    move |source| EngineError::Api { what, source }
+}
+
+/// A 404 from the engine: the object is already gone.
+pub fn is_not_found(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// Connect with the local defaults (`DOCKER_HOST` or the unix socket) and
+/// negotiate the API version down to what the engine speaks.
+pub async fn connect() -> Result<Docker, EngineError> {
+    let docker = Docker::connect_with_local_defaults().map_err(EngineError::Connect)?;
+    docker
+        .negotiate_version()
+        .await
+        .map_err(EngineError::Connect)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineVersion {
+    pub raw: String,
+    pub parsed: (u32, u32, u32),
+}
+
+impl EngineVersion {
+    /// `20.10.24+dfsg1` → (20, 10, 24).
+    pub fn parse(raw: &str) -> Option<EngineVersion> {
+        let core = raw.trim_start_matches('v').split(['+', '-', '~']).next()?;
+        let mut it = core.split('.').map(|p| p.parse::<u32>().ok());
+        let parsed = (
+            it.next()??,
+            it.next().flatten().unwrap_or(0),
+            it.next().flatten().unwrap_or(0),
+        );
+        Some(EngineVersion {
+            raw: raw.to_string(),
+            parsed,
+        })
+    }
+
+    pub fn patched(&self) -> bool {
+        self.parsed >= MIN_PATCHED
+    }
+
+    pub fn supports_isolated_gateway(&self) -> bool {
+        self.parsed >= MIN_ISOLATED_GATEWAY
+    }
+}
+
+pub async fn version(docker: &Docker) -> Result<EngineVersion, EngineError> {
+    let v = docker.version().await.map_err(EngineError::Connect)?;
+    let raw = v.version.unwrap_or_default();
+    EngineVersion::parse(&raw).ok_or(EngineError::Version(raw))
+}
+
+/// Refuse an engine with CVE-2024-29018 unless the caller opted in (then
+/// the caller must apply the DNS mitigation).
+pub fn check_version(v: &EngineVersion, allow_unpatched: bool) -> Result<(), EngineError> {
+    if v.patched() || allow_unpatched {
+        Ok(())
+    } else {
+        Err(EngineError::Unpatched {
+            version: v.raw.clone(),
+        })
+    }
+}
+
+fn labels_map(labels: &[(String, String)]) -> HashMap<String, String> {
+    labels.iter().cloned().collect()
+}
+
+/// Create the bottle's `--internal` network with the host cut off: on
+/// engines that have it, the gateway is isolated; on older ones the bridge
+/// gets no IPv4 address at all (`inhibit_ipv4`), so the gateway address the
+/// containers see belongs to nobody. IPv6 is off either way.
+pub async fn create_internal_network(
+    docker: &Docker,
+    name: &str,
+    labels: &[(String, String)],
+    v: &EngineVersion,
+) -> Result<(), EngineError> {
+    let mut options = HashMap::new();
+    if v.supports_isolated_gateway() {
+        options.insert(
+            "com.docker.network.bridge.gateway_mode_ipv4".to_string(),
+            "isolated".to_string(),
+        );
+    } else {
+        options.insert(
+            "com.docker.network.bridge.inhibit_ipv4".to_string(),
+            "true".to_string(),
+        );
+    }
+    // No inter-container masquerading needed; the network never leaves the host.
+    options.insert(
+        "com.docker.network.bridge.enable_ip_masquerade".to_string(),
+        "false".to_string(),
+    );
+    docker
+        .create_network(NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            internal: Some(true),
+            attachable: Some(false),
+            options: Some(options),
+            labels: Some(labels_map(labels)),
+            ..Default::default()
+        })
+        .await
+        .map_err(api(format!("creating network {name}")))?;
+    Ok(())
+}
+
+/// A plain bridge network for the sidecar's way out.
+pub async fn create_bridge_network(
+    docker: &Docker,
+    name: &str,
+    labels: &[(String, String)],
+) -> Result<(), EngineError> {
+    docker
+        .create_network(NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            internal: Some(false),
+            labels: Some(labels_map(labels)),
+            ..Default::default()
+        })
+        .await
+        .map_err(api(format!("creating network {name}")))?;
+    Ok(())
+}
+
+pub async fn remove_network(docker: &Docker, name: &str) -> Result<(), EngineError> {
+    match docker.remove_network(name).await {
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(api(format!("removing network {name}"))(e)),
+    }
+}
+
+/// Kill and remove a container with its anonymous volumes (the writable home
+/// and the sidecar's config volume die with it).
+pub async fn remove_container(docker: &Docker, name: &str) -> Result<(), EngineError> {
+    let opts = RemoveContainerOptions {
+        force: true,
+        v: true,
+        link: false,
+    };
+    match docker.remove_container(name, Some(opts)).await {
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        // "removal already in progress" is a success for a teardown.
+        Err(BollardError::DockerResponseServerError {
+            status_code: 409, ..
+        }) => Ok(()),
+        Err(e) => Err(api(format!("removing container {name}"))(e)),
+    }
+}
+
+/// Progress of a pull, for a progress bar.
+#[derive(Debug, Clone, Default)]
+pub struct PullProgress {
+    pub current: u64,
+    pub total: u64,
+    pub status: String,
+}
+
+/// Pull `reference` (`repo@sha256:…`) unless the engine already has it.
+pub async fn pull(
+    docker: &Docker,
+    reference: &str,
+    mut progress: impl FnMut(&PullProgress),
+) -> Result<(), EngineError> {
+    if docker.inspect_image(reference).await.is_ok() {
+        return Ok(());
+    }
+    let opts = CreateImageOptions {
+        from_image: Some(reference.to_string()),
+        ..Default::default()
+    };
+    let mut per_layer: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut stream = docker.create_image(Some(opts), None, None);
+    while let Some(item) = stream.next().await {
+        let info = item.map_err(|e| EngineError::Pull {
+            reference: reference.to_string(),
+            message: e.to_string(),
+        })?;
+        if let (Some(id), Some(d)) = (&info.id, &info.progress_detail) {
+            let entry = per_layer.entry(id.clone()).or_default();
+            if let Some(c) = d.current {
+                entry.0 = c.max(0) as u64;
+            }
+            if let Some(t) = d.total {
+                entry.1 = t.max(0) as u64;
+            }
+        }
+        let (current, total) = per_layer
+            .values()
+            .fold((0, 0), |(c, t), (a, b)| (c + a, t + b));
+        progress(&PullProgress {
+            current,
+            total,
+            status: info.status.unwrap_or_default(),
+        });
+    }
+    Ok(())
+}
+
+/// What the runner needs from an image: its labels, user, home, size.
+#[derive(Debug, Clone, Default)]
+pub struct ImageInfo {
+    pub id: String,
+    pub labels: HashMap<String, String>,
+    pub user: String,
+    pub env: Vec<String>,
+    pub size: Option<u64>,
+    pub repo_digests: Vec<String>,
+}
+
+pub async fn inspect_image(docker: &Docker, reference: &str) -> Result<ImageInfo, EngineError> {
+    let i = docker
+        .inspect_image(reference)
+        .await
+        .map_err(api(format!("inspecting image {reference}")))?;
+    let config = i.config.unwrap_or_default();
+    Ok(ImageInfo {
+        id: i.id.unwrap_or_default(),
+        labels: config.labels.unwrap_or_default(),
+        user: config.user.unwrap_or_default(),
+        env: config.env.unwrap_or_default(),
+        size: i.size.map(|s| s.max(0) as u64),
+        repo_digests: i.repo_digests.unwrap_or_default(),
+    })
+}
+
+/// The engine must list `repository@digest` for the image it will run.
+pub fn verify_digest(info: &ImageInfo, repository: &str, digest: &str) -> Result<(), EngineError> {
+    let want = format!("{repository}@{digest}");
+    if info.repo_digests.iter().any(|d| d == &want) {
+        Ok(())
+    } else {
+        Err(EngineError::DigestMismatch {
+            reference: repository.to_string(),
+            digest: digest.to_string(),
+            found: info.repo_digests.clone(),
+        })
+    }
+}
+
+/// One container to create. The caller has already resolved env values.
+pub struct ContainerSpec<'a> {
+    pub name: &'a str,
+    pub image: &'a str,
+    pub user: &'a str,
+    /// `NAME=value` pairs; may hold secrets, sent only in the create body.
+    pub env: Vec<String>,
+    pub cmd: Vec<String>,
+    pub tty: bool,
+    /// Keep stdin open (interactive agent, or the sidecar's secret channel).
+    pub stdin: bool,
+    pub labels: &'a [(String, String)],
+    pub network: &'a str,
+    pub limits: Limits,
+    pub dns: Vec<String>,
+    /// Anonymous volumes: writable places that die with the container.
+    pub volumes: Vec<String>,
+    pub workspace: Option<&'a std::path::Path>,
+}
+
+/// The hardening every bottle container gets.
+pub fn hardened_host_config(spec: &ContainerSpec<'_>) -> HostConfig {
+    let memory = (spec.limits.memory_mib * 1024 * 1024) as i64;
+    let mut tmpfs = HashMap::new();
+    tmpfs.insert("/tmp".to_string(), "rw,nosuid,nodev,size=256m".to_string());
+    let mounts = spec.workspace.map(|w| {
+        vec![Mount {
+            target: Some("/workspace".into()),
+            source: Some(w.to_string_lossy().into_owned()),
+            typ: Some(MountType::BIND),
+            read_only: Some(false),
+            ..Default::default()
+        }]
+    });
+    HostConfig {
+        network_mode: Some(spec.network.to_string()),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges:true".into()]),
+        readonly_rootfs: Some(true),
+        tmpfs: Some(tmpfs),
+        init: Some(true),
+        pids_limit: Some(spec.limits.pids as i64),
+        memory: Some(memory),
+        // Equal to memory: no swap on top of the limit.
+        memory_swap: Some(memory),
+        nano_cpus: Some((spec.limits.cpu_millis * 1_000_000) as i64),
+        privileged: Some(false),
+        publish_all_ports: Some(false),
+        ipc_mode: Some("private".into()),
+        // The engine's default on cgroup v1 hosts is the host's cgroup
+        // namespace; a bottle gets its own.
+        cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
+        dns: if spec.dns.is_empty() {
+            None
+        } else {
+            Some(spec.dns.clone())
+        },
+        mounts,
+        auto_remove: Some(false),
+        ..Default::default()
+    }
+}
+
+pub async fn create_container(
+    docker: &Docker,
+    spec: &ContainerSpec<'_>,
+) -> Result<String, EngineError> {
+    let mut endpoints = HashMap::new();
+    endpoints.insert(spec.network.to_string(), EndpointSettings::default());
+    let body = ContainerCreateBody {
+        image: Some(spec.image.to_string()),
+        user: Some(spec.user.to_string()),
+        env: Some(spec.env.clone()),
+        cmd: if spec.cmd.is_empty() {
+            None
+        } else {
+            Some(spec.cmd.clone())
+        },
+        tty: Some(spec.tty),
+        open_stdin: Some(spec.stdin),
+        stdin_once: Some(spec.stdin),
+        attach_stdin: Some(spec.stdin),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        labels: Some(labels_map(spec.labels)),
+        volumes: if spec.volumes.is_empty() {
+            None
+        } else {
+            Some(spec.volumes.clone())
+        },
+        working_dir: spec.workspace.map(|_| "/workspace".to_string()),
+        host_config: Some(hardened_host_config(spec)),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(endpoints),
+        }),
+        ..Default::default()
+    };
+    let opts = CreateContainerOptions {
+        name: Some(spec.name.to_string()),
+        platform: String::new(),
+    };
+    let r = docker
+        .create_container(Some(opts), body)
+        .await
+        .map_err(api(format!("creating container {}", spec.name)))?;
+    Ok(r.id)
+}
+
+pub async fn connect_network(
+    docker: &Docker,
+    network: &str,
+    container: &str,
+    aliases: Vec<String>,
+) -> Result<(), EngineError> {
+    docker
+        .connect_network(
+            network,
+            NetworkConnectRequest {
+                container: container.to_string(),
+                endpoint_config: Some(EndpointSettings {
+                    aliases: if aliases.is_empty() {
+                        None
+                    } else {
+                        Some(aliases)
+                    },
+                    ..Default::default()
+                }),
+            },
+        )
+        .await
+        .map_err(api(format!("connecting {container} to network {network}")))
+}
+
+/// Upload one file (given mode and owner) into `dir` of a created container.
+pub async fn upload_file(
+    docker: &Docker,
+    container: &str,
+    dir: &str,
+    file_name: &str,
+    contents: &[u8],
+    mode: u32,
+    (uid, gid): (u64, u64),
+) -> Result<(), EngineError> {
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_ustar();
+    header.set_size(contents.len() as u64);
+    header.set_mode(mode);
+    header.set_uid(uid);
+    header.set_gid(gid);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    let bytes = (|| -> std::io::Result<Vec<u8>> {
+        archive.append_data(&mut header, file_name, contents)?;
+        archive.into_inner()
+    })()
+    .map_err(|e| EngineError::Api {
+        what: format!("packing {file_name} for {container}"),
+        source: BollardError::IOError { err: e },
+    })?;
+    let opts = UploadToContainerOptions {
+        path: dir.to_string(),
+        no_overwrite_dir_non_dir: None,
+        copy_uidgid: None,
+    };
+    docker
+        .upload_to_container(container, Some(opts), bollard::body_full(bytes.into()))
+        .await
+        .map_err(api(format!("uploading {dir}/{file_name} into {container}")))
+}
+
+pub async fn start_container(docker: &Docker, name: &str) -> Result<(), EngineError> {
+    docker
+        .start_container(
+            name,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+        .map_err(api(format!("starting container {name}")))
+}
+
+/// A labeled object found by [`list_labeled`].
+#[derive(Debug, Clone)]
+pub struct Labeled {
+    pub kind: ObjectKind,
+    pub name: String,
+    pub state: String,
+    pub labels: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ObjectKind {
+    Container,
+    Network,
+}
+
+/// Every container (running or not) and network carrying `label`.
+pub async fn list_labeled(docker: &Docker, label: &str) -> Result<Vec<Labeled>, EngineError> {
+    let mut filters = HashMap::new();
+    filters.insert("label".to_string(), vec![label.to_string()]);
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters.clone()),
+            ..Default::default()
+        }))
+        .await
+        .map_err(api("listing containers"))?;
+    let networks = docker
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(filters),
+        }))
+        .await
+        .map_err(api("listing networks"))?;
+    let mut out = Vec::new();
+    for c in containers {
+        let name = c
+            .names
+            .unwrap_or_default()
+            .first()
+            .map(|n| n.trim_start_matches('/').to_string())
+            .unwrap_or_else(|| c.id.clone().unwrap_or_default());
+        out.push(Labeled {
+            kind: ObjectKind::Container,
+            name,
+            state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+            labels: c.labels.unwrap_or_default(),
+        });
+    }
+    for n in networks {
+        out.push(Labeled {
+            kind: ObjectKind::Network,
+            name: n.name.unwrap_or_default(),
+            state: String::new(),
+            labels: n.labels.unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        let v = EngineVersion::parse("20.10.24+dfsg1").unwrap();
+        assert_eq!(v.parsed, (20, 10, 24));
+        assert!(!v.patched());
+        assert!(check_version(&v, false).is_err());
+        assert!(check_version(&v, true).is_ok());
+        let msg = check_version(&v, false).unwrap_err().to_string();
+        assert!(
+            msg.contains("20.10.24+dfsg1") && msg.contains("CVE-2024-29018"),
+            "{msg}"
+        );
+        assert!(EngineVersion::parse("25.0.5").unwrap().patched());
+        assert!(!EngineVersion::parse("25.0.4").unwrap().patched());
+        assert!(EngineVersion::parse("26.1").unwrap().patched());
+        assert!(
+            !EngineVersion::parse("27.5.1")
+                .unwrap()
+                .supports_isolated_gateway()
+        );
+        assert!(
+            EngineVersion::parse("28.2.2")
+                .unwrap()
+                .supports_isolated_gateway()
+        );
+        assert!(EngineVersion::parse("dev").is_none());
+    }
+
+    #[test]
+    fn the_engine_image_must_carry_the_digest() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let info = ImageInfo {
+            repo_digests: vec![format!("localhost:5000/bottle/hello@{d}")],
+            ..Default::default()
+        };
+        assert!(verify_digest(&info, "localhost:5000/bottle/hello", &d).is_ok());
+        let other = format!("sha256:{}", "b".repeat(64));
+        assert!(matches!(
+            verify_digest(&info, "localhost:5000/bottle/hello", &other),
+            Err(EngineError::DigestMismatch { .. })
+        ));
+        assert!(verify_digest(&info, "localhost:5000/bottle/other", &d).is_err());
+    }
+
+    #[test]
+    fn hardening_is_complete() {
+        let labels = vec![];
+        let spec = ContainerSpec {
+            name: "x",
+            image: "i",
+            user: "1000:1000",
+            env: vec![],
+            cmd: vec![],
+            tty: false,
+            stdin: false,
+            labels: &labels,
+            network: "n",
+            limits: Limits::default(),
+            dns: vec![],
+            volumes: vec![],
+            workspace: None,
+        };
+        let h = hardened_host_config(&spec);
+        assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(h.readonly_rootfs, Some(true));
+        assert_eq!(h.init, Some(true));
+        assert_eq!(h.pids_limit, Some(512));
+        assert_eq!(h.memory, Some(4096 * 1024 * 1024));
+        assert_eq!(h.nano_cpus, Some(2_000_000_000));
+        assert!(h.binds.is_none() && h.mounts.is_none() && h.port_bindings.is_none());
+        assert!(h.pid_mode.is_none() && h.userns_mode.is_none() && h.uts_mode.is_none());
+    }
+}

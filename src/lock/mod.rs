@@ -1,0 +1,617 @@
+//! `bottle lock` and `bottle check`: resolve an agent's inputs to hashes, pin
+//! what comes from the network, build the image, push it, and keep the
+//! lockfile; or prove that a lockfile is fresh and reproducible.
+//!
+//! Invariants:
+//! - validation (manifest, recipe, skills, local paths, lockfile) happens
+//!   before any network step, so bad input is always exit 2 and a network
+//!   problem is exit 3;
+//! - plain `lock` changes a pin (base digest, fetched hash, sidecar image)
+//!   only when the manifest changed what it pins; `--update` re-resolves all;
+//! - when the inputs hash equals the lockfile's, nothing is rebuilt and the
+//!   lockfile is not written; the image is only confirmed in the registry;
+//! - the lockfile is written last, atomically, and only after the image was
+//!   built and pushed: a failed `lock` leaves the old lockfile intact;
+//! - `check` and `lock` compute digests through the same code
+//!   (`resolve::image_spec` then `oci::build`).
+
+pub mod fetch;
+pub mod lockfile;
+pub mod remote;
+pub mod resolve;
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Classify, ExitKind};
+use crate::manifest::{self, Agent, From, ManifestError};
+use crate::oci::{self, BlobStore, OciError};
+use crate::policy::SidecarKind;
+
+use fetch::FetchCache;
+use lockfile::{LockedBase, LockedImage, LockedInput, LockedLayer, LockedSidecar, Lockfile};
+use resolve::PinnedFetch;
+
+/// The upstream pipelock image, pinned by digest in lockfiles of agents that
+/// use the pipelock sidecar.
+pub const PIPELOCK_IMAGE: &str = "ghcr.io/luckypipewrench/pipelock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Oci(#[from] OciError),
+    #[error("{file}: {}{problem}\n  help: restore it with `git checkout -- {file}`, or delete it and run `bottle lock`", if .field.is_empty() { String::new() } else { format!("field `{}`: ", .field) })]
+    Lockfile {
+        file: String,
+        field: String,
+        problem: String,
+    },
+    #[error(
+        "{url}: the download has sha256 {actual}, but {pinned_by} pins {expected}\n  \
+         help: if the new content is trusted, change the pin (the recipe's `sha256` when it asserts one, else `bottle lock --update`); otherwise the source changed under you"
+    )]
+    FetchMismatch {
+        url: String,
+        expected: String,
+        actual: String,
+        pinned_by: String,
+    },
+    #[error(
+        "{url}: cannot read: {source}\n  help: the recipe names this file on this machine; install it (for /bin/busybox: `apt-get install busybox-static`) or fix the URL"
+    )]
+    FetchLocal { url: String, source: std::io::Error },
+    #[error("{url}: the server answered HTTP {status}\n  help: check the URL in the recipe")]
+    FetchStatus { url: String, status: u16 },
+    #[error("{url}: cannot unpack: {reason}")]
+    Unpack { url: String, reason: String },
+    #[error(
+        "cannot {what}: {reason}\n  help: this step needs the network; connect, or use inputs already in the cache"
+    )]
+    Network { what: String, reason: String },
+    #[error(
+        "--offline: {what} needs the network\n  help: run without --offline once, so the input is pinned and cached"
+    )]
+    Offline { what: String },
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error("{action} {}: {source}", .path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl LockError {
+    pub fn io(action: &'static str, path: &Path, source: std::io::Error) -> LockError {
+        LockError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn lockfile(file: &str, field: &str, problem: &str) -> LockError {
+        LockError::Lockfile {
+            file: file.to_string(),
+            field: field.to_string(),
+            problem: problem.to_string(),
+        }
+    }
+}
+
+impl Classify for LockError {
+    fn exit_kind(&self) -> ExitKind {
+        match self {
+            LockError::Manifest(e) => e.exit_kind(),
+            LockError::Oci(e) => e.exit_kind(),
+            LockError::Lockfile { .. }
+            | LockError::FetchMismatch { .. }
+            | LockError::FetchStatus { .. }
+            | LockError::Unpack { .. } => ExitKind::BadInput,
+            LockError::FetchLocal { .. }
+            | LockError::Network { .. }
+            | LockError::Offline { .. }
+            | LockError::Io { .. } => ExitKind::Environment,
+            LockError::Registry(e) => e.exit_kind(),
+            LockError::Internal(_) => ExitKind::Failure,
+        }
+    }
+}
+
+/// What `lock` and `check` need to know about where they run.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Project root (holds `agents/`, `images/`, `lockfiles/`).
+    pub root: PathBuf,
+    /// Cache root: `fetch/` (downloads) and `oci/` (blob store) live under it.
+    pub cache_root: PathBuf,
+    /// Registry `host[:port]`.
+    pub registry: String,
+    /// `os/arch[/variant]`.
+    pub platform: String,
+    /// Never touch the network (exit 3 where it would be needed).
+    pub offline: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockOutcome {
+    /// `<agent>@sha256:<hex>`
+    pub reference: String,
+    pub manifest_digest: String,
+    /// False when the inputs hash matched and nothing was built.
+    pub rebuilt: bool,
+    pub lockfile_written: bool,
+    pub push: remote::PushStats,
+    /// Human detail for stderr.
+    pub notes: Vec<String>,
+}
+
+pub fn repository(agent: &str) -> String {
+    format!("bottle/{agent}")
+}
+
+struct Resolved {
+    agent: Agent,
+    base: LockedBase,
+    fetched: Vec<PinnedFetch>,
+    sidecar_image: Option<String>,
+    inputs: Vec<LockedInput>,
+    inputs_hash: String,
+}
+
+/// Turn `old` pins and the manifest into the full pin set (network where a
+/// pin is missing or `update` asks for it).
+async fn resolve_pins(
+    ctx: &Context,
+    agent: Agent,
+    old: Option<&Lockfile>,
+    update: bool,
+    store: &BlobStore,
+    notes: &mut Vec<String>,
+) -> Result<Resolved, LockError> {
+    let platform = oci::Platform::parse(&ctx.platform)?.to_string();
+    let lockfile_name = lockfile::rel_path(&agent.name);
+
+    // Base.
+    let base = match &agent.recipe.from {
+        From::Scratch => LockedBase {
+            reference: "scratch".into(),
+            digest: None,
+            platform: platform.clone(),
+        },
+        From::Reference(r) => {
+            let kept = old.filter(|_| !update).and_then(|o| {
+                (o.base.reference == *r && o.base.platform == platform)
+                    .then(|| o.base.digest.clone())
+                    .flatten()
+            });
+            let digest = match kept {
+                Some(d) => d,
+                None => {
+                    if ctx.offline {
+                        return Err(LockError::Offline {
+                            what: format!("pinning base image `{r}`"),
+                        });
+                    }
+                    notes.push(format!("resolving base image {r} for {platform}"));
+                    remote::resolve_digest(r, &platform, store).await?
+                }
+            };
+            LockedBase {
+                reference: r.clone(),
+                digest: Some(digest),
+                platform: platform.clone(),
+            }
+        }
+    };
+
+    // Fetched inputs.
+    let cache = FetchCache::open(&ctx.cache_root)?;
+    let mut fetched = Vec::new();
+    for f in &agent.recipe.fetch {
+        let name = format!("fetch:/{}", f.dest);
+        let old_pin = old
+            .filter(|_| !update)
+            .and_then(|o| {
+                o.inputs
+                    .iter()
+                    .find(|i| i.name == name && i.url.as_deref() == Some(&f.url))
+            })
+            .map(|i| i.hash.trim_start_matches("sha256:").to_string());
+        let file = agent.recipe.file.clone().unwrap_or_default();
+        let (expected, pinned_by) = match (&f.sha256, old_pin) {
+            (Some(a), _) => (Some(a.clone()), format!("{file} (`{}.sha256`)", f.field)),
+            (None, Some(p)) => (Some(p), lockfile_name.clone()),
+            (None, None) => (None, String::new()),
+        };
+        // A known pin is enough to decide staleness; the content is only
+        // needed (and verified) when an image is built.
+        let hex = match expected {
+            Some(h) => h,
+            None => {
+                notes.push(format!("fetching {}", f.url));
+                cache.ensure(&f.url, None, "", ctx.offline).await?
+            }
+        };
+        fetched.push(PinnedFetch {
+            fetch: f.clone(),
+            cached: cache.path(&hex),
+            sha256: hex,
+            pinned_by,
+        });
+    }
+
+    // Sidecar image.
+    let sidecar_image = match agent.sidecar {
+        SidecarKind::Builtin => None,
+        SidecarKind::Pipelock => {
+            let kept = old
+                .filter(|_| !update)
+                .filter(|o| o.sidecar.kind == SidecarKind::Pipelock)
+                .and_then(|o| o.sidecar.image.clone());
+            match kept {
+                Some(i) => Some(i),
+                None => {
+                    if ctx.offline {
+                        return Err(LockError::Offline {
+                            what: format!("pinning the pipelock sidecar image `{PIPELOCK_IMAGE}`"),
+                        });
+                    }
+                    notes.push(format!("resolving sidecar image {PIPELOCK_IMAGE}"));
+                    let d = remote::resolve_digest(PIPELOCK_IMAGE, &platform, store).await?;
+                    Some(format!("{PIPELOCK_IMAGE}@{d}"))
+                }
+            }
+        }
+    };
+
+    let pairs: Vec<(String, String)> = fetched
+        .iter()
+        .map(|p| (p.fetch.url.clone(), p.sha256.clone()))
+        .collect();
+    let inputs = resolve::inputs(&agent, &pairs);
+    let inputs_hash = resolve::inputs_hash(&base, sidecar_image.as_deref(), &inputs);
+    Ok(Resolved {
+        agent,
+        base,
+        fetched,
+        sidecar_image,
+        inputs,
+        inputs_hash,
+    })
+}
+
+/// `bottle lock <agent>`.
+pub async fn lock(ctx: &Context, agent_name: &str, update: bool) -> Result<LockOutcome, LockError> {
+    let agent = manifest::load_agent(&ctx.root, agent_name)?;
+    let old = Lockfile::read(&ctx.root, agent_name)?;
+    let mut notes = Vec::new();
+    let store = BlobStore::open(ctx.cache_root.join("oci"))?;
+    let r = resolve_pins(ctx, agent, old.as_ref(), update, &store, &mut notes).await?;
+    let policy = r.agent.policy(r.sidecar_image.clone());
+    let repo = repository(agent_name);
+
+    if let Some(old) = old.as_ref().filter(|o| {
+        !update && o.inputs_hash == r.inputs_hash && o.policy == policy && o.env == r.agent.env
+    }) {
+        // Nothing changed: confirm the image is where it should be.
+        let digest = old.image.manifest_digest.clone();
+        if let Some(push) = remote::ensure_manifest(&ctx.registry, &repo, &digest, &store).await? {
+            if push.manifest_uploaded {
+                notes.push(format!(
+                    "the registry had lost the image; pushed it again from the blob store ({} blobs)",
+                    push.blobs_uploaded
+                ));
+            } else {
+                notes.push("up to date; nothing to build".into());
+            }
+            return Ok(LockOutcome {
+                reference: format!("{agent_name}@{digest}"),
+                manifest_digest: digest,
+                rebuilt: false,
+                lockfile_written: false,
+                push,
+                notes,
+            });
+        }
+        notes.push("the image is neither in the registry nor in the blob store; rebuilding".into());
+    }
+
+    ensure_fetched(ctx, &r.fetched, &mut notes).await?;
+    if let Some(d) = &r.base.digest {
+        remote::ensure_base(&r.base.reference, d, &r.base.platform, &store, ctx.offline).await?;
+    }
+    let spec = resolve::image_spec(&r.agent, &r.base, &r.fetched, &policy)?;
+    let built = oci::build(&spec, &store)?;
+    let push = remote::push(&ctx.registry, &repo, &built, &store).await?;
+    let lock = Lockfile {
+        schema: lockfile::LOCK_SCHEMA,
+        agent: agent_name.to_string(),
+        builder: resolve::BUILDER_FORMAT,
+        inputs_hash: r.inputs_hash,
+        base: r.base,
+        inputs: r.inputs,
+        policy,
+        env: r.agent.env.clone(),
+        sidecar: LockedSidecar {
+            kind: r.agent.sidecar,
+            image: r.sidecar_image,
+        },
+        image: locked_image(&repo, &built),
+    };
+    let written = old.as_ref() != Some(&lock);
+    if written {
+        lock.write(&ctx.root)?;
+        notes.push(format!("wrote {}", lockfile::rel_path(agent_name)));
+    }
+    Ok(LockOutcome {
+        reference: format!("{agent_name}@{}", built.manifest_digest),
+        manifest_digest: built.manifest_digest,
+        rebuilt: true,
+        lockfile_written: written,
+        push,
+        notes,
+    })
+}
+
+/// Make sure every pinned download is in the cache, downloading (and
+/// verifying against its pin) what is missing.
+async fn ensure_fetched(
+    ctx: &Context,
+    fetched: &[PinnedFetch],
+    notes: &mut Vec<String>,
+) -> Result<(), LockError> {
+    let cache = FetchCache::open(&ctx.cache_root)?;
+    for p in fetched {
+        if !cache.has(&p.sha256) {
+            notes.push(format!("fetching {}", p.fetch.url));
+        }
+        cache
+            .ensure(&p.fetch.url, Some(&p.sha256), &p.pinned_by, ctx.offline)
+            .await?;
+    }
+    Ok(())
+}
+
+fn locked_image(repo: &str, built: &oci::BuiltImage) -> LockedImage {
+    LockedImage {
+        repository: repo.to_string(),
+        manifest_digest: built.manifest_digest.clone(),
+        config_digest: built.config_digest.clone(),
+        layers: built
+            .layers
+            .iter()
+            .map(|l| LockedLayer {
+                name: l.name.clone(),
+                digest: l.digest.clone(),
+                diff_id: l.diff_id.clone(),
+                size: l.size,
+            })
+            .collect(),
+    }
+}
+
+/// The verdict of `check` on one agent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckReport {
+    pub agent: String,
+    /// (a) the lockfile matches the manifest and its inputs.
+    pub up_to_date: bool,
+    /// (b) a rebuild from the lockfile gives its digest; absent when (a) failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reproducible: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rebuilt_digest: Option<String>,
+    /// What differs, one line each.
+    pub problems: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn ok(&self) -> bool {
+        self.up_to_date && self.reproducible == Some(true)
+    }
+}
+
+/// `bottle check <agent>`: never writes the lockfile, never pushes.
+pub async fn check(ctx: &Context, agent_name: &str) -> Result<CheckReport, LockError> {
+    let agent = manifest::load_agent(&ctx.root, agent_name)?;
+    let mut report = CheckReport {
+        agent: agent_name.to_string(),
+        up_to_date: false,
+        reproducible: None,
+        locked_digest: None,
+        rebuilt_digest: None,
+        problems: Vec::new(),
+    };
+    let file = lockfile::rel_path(agent_name);
+    let Some(lock) = Lockfile::read(&ctx.root, agent_name)? else {
+        report.problems.push(format!(
+            "{file} does not exist: run `bottle lock {agent_name}`"
+        ));
+        return Ok(report);
+    };
+    report.locked_digest = Some(lock.image.manifest_digest.clone());
+
+    // Pins come only from the lockfile: check never re-resolves.
+    let mut problems = Vec::new();
+    let base = match &agent.recipe.from {
+        From::Scratch => LockedBase {
+            reference: "scratch".into(),
+            digest: None,
+            platform: lock.base.platform.clone(),
+        },
+        From::Reference(r) => {
+            if lock.base.reference != *r || lock.base.digest.is_none() {
+                problems.push(format!(
+                    "base: the recipe names `{r}`, the lockfile pins `{}`",
+                    lock.base.reference
+                ));
+            }
+            lock.base.clone()
+        }
+    };
+    let mut pairs = Vec::new();
+    for f in &agent.recipe.fetch {
+        let name = format!("fetch:/{}", f.dest);
+        match lock
+            .inputs
+            .iter()
+            .find(|i| i.name == name && i.url.as_deref() == Some(&f.url))
+        {
+            Some(i) => {
+                let hex = i.hash.trim_start_matches("sha256:").to_string();
+                if f.sha256.as_ref().is_some_and(|a| *a != hex) {
+                    problems.push(format!(
+                        "{name}: the recipe asserts sha256 {}, the lockfile pins {hex}",
+                        f.sha256.as_deref().unwrap_or_default()
+                    ));
+                }
+                pairs.push((f.url.clone(), hex));
+            }
+            None => {
+                problems.push(format!("{name}: {} is not pinned in the lockfile", f.url));
+                pairs.push((f.url.clone(), String::new()));
+            }
+        }
+    }
+    let sidecar_image = match agent.sidecar {
+        SidecarKind::Builtin => None,
+        SidecarKind::Pipelock => {
+            if lock.sidecar.image.is_none() {
+                problems.push("sidecar: pipelock image is not pinned".into());
+            }
+            lock.sidecar.image.clone()
+        }
+    };
+    let inputs = resolve::inputs(&agent, &pairs);
+    let inputs_hash = resolve::inputs_hash(&base, sidecar_image.as_deref(), &inputs);
+    if inputs_hash != lock.inputs_hash {
+        let diffs = diff_inputs(&lock.inputs, &inputs);
+        if diffs.is_empty() && problems.is_empty() {
+            problems.push(format!(
+                "inputs_hash: the lockfile says {}, the inputs give {inputs_hash} (builder format, base or sidecar pin differ)",
+                lock.inputs_hash
+            ));
+        }
+        problems.extend(diffs);
+    }
+    let policy = agent.policy(sidecar_image.clone());
+    if lock.policy != policy {
+        problems.push("policy: the lockfile's policy is not the manifest's".into());
+    }
+    if lock.env != agent.env {
+        problems.push("env: the lockfile's env names are not the manifest's".into());
+    }
+    if lock.sidecar.kind != agent.sidecar {
+        problems.push("sidecar: the lockfile's sidecar kind is not the manifest's".into());
+    }
+    if !problems.is_empty() {
+        problems.push(format!("run `bottle lock {agent_name}` and commit {file}"));
+        report.problems = problems;
+        return Ok(report);
+    }
+    report.up_to_date = true;
+
+    // (b) Rebuild from the pins and compare.
+    let cache = FetchCache::open(&ctx.cache_root)?;
+    let fetched: Vec<PinnedFetch> = agent
+        .recipe
+        .fetch
+        .iter()
+        .zip(&pairs)
+        .map(|(f, (_, hex))| PinnedFetch {
+            fetch: f.clone(),
+            cached: cache.path(hex),
+            sha256: hex.clone(),
+            pinned_by: file.clone(),
+        })
+        .collect();
+    ensure_fetched(ctx, &fetched, &mut Vec::new()).await?;
+    let store = BlobStore::open(ctx.cache_root.join("oci"))?;
+    if let Some(d) = &base.digest {
+        remote::ensure_base(&base.reference, d, &base.platform, &store, ctx.offline).await?;
+    }
+    let spec = resolve::image_spec(&agent, &base, &fetched, &policy)?;
+    let built = oci::build(&spec, &store)?;
+    report.rebuilt_digest = Some(built.manifest_digest.clone());
+    let same = built.manifest_digest == lock.image.manifest_digest;
+    report.reproducible = Some(same);
+    if !same {
+        let rebuilt = locked_image(&lock.image.repository, &built);
+        report.problems = diff_images(&lock.image, &rebuilt, &store);
+    }
+    Ok(report)
+}
+
+/// One line per input that was added, removed or changed.
+fn diff_inputs(locked: &[LockedInput], now: &[LockedInput]) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in now {
+        match locked.iter().find(|l| l.name == n.name) {
+            None => out.push(format!("input `{}` is new (not in the lockfile)", n.name)),
+            Some(l) if l != n => {
+                let what = n.source.as_deref().or(n.url.as_deref()).unwrap_or("");
+                out.push(format!(
+                    "input `{}` ({what}) changed: lockfile {}, now {}",
+                    n.name, l.hash, n.hash
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    for l in locked {
+        if !now.iter().any(|n| n.name == l.name) {
+            out.push(format!(
+                "input `{}` is gone (still in the lockfile)",
+                l.name
+            ));
+        }
+    }
+    out
+}
+
+/// One line per layer (by name) or config that differs, and, when the
+/// locked layer is still in the blob store, one line per file that differs.
+fn diff_images(locked: &LockedImage, rebuilt: &LockedImage, store: &BlobStore) -> Vec<String> {
+    let mut out = vec![format!(
+        "manifest digest: the lockfile says {}, the rebuild gives {}",
+        locked.manifest_digest, rebuilt.manifest_digest
+    )];
+    if locked.config_digest != rebuilt.config_digest {
+        out.push(format!(
+            "image config differs: lockfile {}, rebuild {}",
+            locked.config_digest, rebuilt.config_digest
+        ));
+    }
+    for (i, r) in rebuilt.layers.iter().enumerate() {
+        match locked.layers.get(i) {
+            Some(l) if l.name == r.name && l.digest == r.digest => {}
+            Some(l) => {
+                out.push(format!(
+                    "layer {i} `{}` differs: lockfile `{}` {}, rebuild {}",
+                    r.name, l.name, l.digest, r.digest
+                ));
+                if store.has(&l.digest) {
+                    if let Ok(files) = oci::diff::diff_layer_blobs(store, &l.digest, &r.digest) {
+                        out.extend(files.into_iter().map(|f| format!("  {}: {f}", r.name)));
+                    }
+                }
+            }
+            None => out.push(format!("layer {i} `{}` is not in the lockfile", r.name)),
+        }
+    }
+    if locked.layers.len() > rebuilt.layers.len() {
+        out.push(format!(
+            "the lockfile lists {} layers, the rebuild has {}",
+            locked.layers.len(),
+            rebuilt.layers.len()
+        ));
+    }
+    out
+}

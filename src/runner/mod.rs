@@ -1,0 +1,870 @@
+//! `bottle run`: resolve a reference to an exact digest, pull it, read the
+//! bottle's policy from the image, plan, and then start — internal network,
+//! sidecar (config uploaded, secrets over stdin, ready), agent — attach,
+//! and tear everything down in order on every path.
+//!
+//! Invariants:
+//! - Nothing is created before the caller approved the plan (`prepare` only
+//!   pulls and inspects; `execute` creates).
+//! - Every object is registered with the [`Teardown`] guard before the call
+//!   that creates it, so a signal, an error or a panic at any point still
+//!   removes it: agent, then sidecar, then networks, then temp files.
+//! - Secret values are read from the host environment only while building
+//!   the agent's create body; they never enter the plan, a file or argv.
+
+pub mod gc;
+pub mod owner;
+pub mod session;
+pub mod sidecar;
+pub mod teardown;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::query_parameters::{AttachContainerOptions, LogsOptions};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::engine::{self, ContainerSpec, EngineError, EngineVersion, PullProgress};
+use crate::plan::{
+    self, EnvValue, ImageFacts, PlanError, RunIdentity, RunOptions, RunPlan, SIDECAR_CONFIG_DIR,
+    SidecarImage,
+};
+use crate::policy::{Limits, POLICY_LABEL, Policy, PolicyError, SidecarKind};
+use crate::reference::Reference;
+
+pub use teardown::Teardown;
+
+/// Limits for the sidecar itself: a proxy needs little.
+pub const SIDECAR_LIMITS: Limits = Limits {
+    memory_mib: 256,
+    cpu_millis: 1000,
+    pids: 128,
+};
+const SIDECAR_READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("image {reference}: {source}")]
+    Policy {
+        reference: String,
+        #[source]
+        source: PolicyError,
+    },
+    #[error("{path}: {message}")]
+    Lockfile { path: PathBuf, message: String },
+    #[error(
+        "no project root: no `agents/` folder in {0} or its parents; pass --root DIR or a full <registry>/<repo>@sha256:… reference"
+    )]
+    NoRoot(PathBuf),
+    #[error(
+        "`--dry-run` of {0} needs its policy without contacting the engine: use `<agent>` or `<agent>@sha256:…` with a lockfile in lockfiles/"
+    )]
+    DryRunNeedsLock(String),
+    #[error("the egress sidecar {name} did not start: {reason}{}", logs_suffix(.logs))]
+    Sidecar {
+        name: String,
+        reason: String,
+        logs: Vec<String>,
+    },
+    #[error(transparent)]
+    Egress(#[from] crate::egress::EgressError),
+    #[error("stopped by {signal}")]
+    Stopped { signal: &'static str, code: u8 },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn logs_suffix(logs: &[String]) -> String {
+    if logs.is_empty() {
+        String::new()
+    } else {
+        format!("; its last output:\n  {}", logs.join("\n  "))
+    }
+}
+
+impl crate::error::Classify for RunError {
+    fn exit_kind(&self) -> crate::error::ExitKind {
+        use crate::error::ExitKind;
+        match self {
+            RunError::Engine(e) => e.exit_kind(),
+            RunError::Egress(e) => e.exit_kind(),
+            RunError::Plan(e) => e.exit_kind(),
+            RunError::Policy { .. }
+            | RunError::Lockfile { .. }
+            | RunError::NoRoot(_)
+            | RunError::DryRunNeedsLock(_) => ExitKind::BadInput,
+            RunError::Sidecar { .. } | RunError::Stopped { .. } => ExitKind::Failure,
+            RunError::Io { .. } => ExitKind::Environment,
+        }
+    }
+}
+
+/// What the caller asked to run.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub reference: Reference,
+    /// Registry host for agent references.
+    pub registry: String,
+    pub root: Option<PathBuf>,
+    pub options: RunOptions,
+    pub allow_unpatched_engine: bool,
+    /// Use this sidecar image (`repo@sha256:…`) instead of the default.
+    pub sidecar_image: Option<String>,
+}
+
+/// Where the image lives and which digest it must have.
+#[derive(Debug, Clone)]
+struct Target {
+    /// `<registry>/<repo>` as the engine names it.
+    repository: String,
+    digest: String,
+    /// The policy in the lockfile, when the reference came through one.
+    lock_policy: Option<Policy>,
+}
+
+/// Find the project root: the given one, or the nearest ancestor of the
+/// current directory with an `agents/` folder.
+pub fn project_root(root: Option<&Path>) -> Result<PathBuf, RunError> {
+    if let Some(r) = root {
+        return Ok(r.to_path_buf());
+    }
+    let cwd = std::env::current_dir().map_err(|source| RunError::Io {
+        what: "reading the current directory".into(),
+        source,
+    })?;
+    cwd.ancestors()
+        .find(|d| d.join("agents").is_dir())
+        .map(Path::to_path_buf)
+        .ok_or(RunError::NoRoot(cwd))
+}
+
+/// The facts `run` needs from `lockfiles/<agent>.lock.json`.
+#[derive(Debug, Clone)]
+pub struct LockFacts {
+    pub repository: String,
+    pub digest: String,
+    pub policy: Option<Policy>,
+}
+
+/// Read the lockfile loosely: only the fields `run` needs (the builder owns
+/// the format).
+pub fn read_lock(root: &Path, agent: &str) -> Result<LockFacts, RunError> {
+    let path = root.join("lockfiles").join(format!("{agent}.lock.json"));
+    let err = |message: String| RunError::Lockfile {
+        path: path.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        err(format!(
+            "cannot read the lockfile ({e}); run `bottle lock {agent}` first or pass {agent}@sha256:…"
+        ))
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| err(format!("not valid JSON: {e}")))?;
+    let image = &v["image"];
+    let digest = ["manifest_digest", "digest"]
+        .iter()
+        .find_map(|k| image[*k].as_str())
+        .ok_or_else(|| err("field `image.manifest_digest` is missing".into()))?
+        .to_string();
+    if !crate::reference::is_digest(&digest) {
+        return Err(err(format!(
+            "field `image.manifest_digest` is `{digest}`, expected sha256:<64 hex>"
+        )));
+    }
+    let repository = image["repository"].as_str().unwrap_or(agent).to_string();
+    let policy = match v.get("policy") {
+        Some(p) => {
+            let p: Policy = serde_json::from_value(p.clone())
+                .map_err(|e| err(format!("field `policy`: {e}")))?;
+            p.validate()
+                .map_err(|e| err(format!("field `policy`: {e}")))?;
+            Some(p)
+        }
+        None => None,
+    };
+    Ok(LockFacts {
+        repository,
+        digest,
+        policy,
+    })
+}
+
+fn resolve(req: &Request) -> Result<Target, RunError> {
+    let lock = |agent: &str| -> Result<LockFacts, RunError> {
+        let root = project_root(req.root.as_deref())?;
+        read_lock(&root, agent)
+    };
+    match &req.reference {
+        Reference::Agent(agent) => {
+            let l = lock(agent)?;
+            Ok(Target {
+                repository: format!("{}/{}", req.registry, l.repository),
+                digest: l.digest,
+                lock_policy: l.policy,
+            })
+        }
+        Reference::AgentDigest { agent, digest } => {
+            // The lockfile (if any) only names the repository path; the
+            // digest is the caller's.
+            let l = lock(agent).ok();
+            let repo = l
+                .as_ref()
+                .map(|l| l.repository.clone())
+                .unwrap_or_else(|| agent.clone());
+            let lock_policy = l.filter(|l| &l.digest == digest).and_then(|l| l.policy);
+            Ok(Target {
+                repository: format!("{}/{}", req.registry, repo),
+                digest: digest.clone(),
+                lock_policy,
+            })
+        }
+        Reference::Full {
+            registry,
+            repository,
+            digest,
+        } => Ok(Target {
+            repository: format!("{registry}/{repository}"),
+            digest: digest.clone(),
+            lock_policy: None,
+        }),
+    }
+}
+
+fn host_env_names() -> BTreeSet<String> {
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .collect()
+}
+
+fn identity() -> RunIdentity {
+    RunIdentity {
+        slug: owner::slug(),
+        owner_pid: std::process::id(),
+        owner_start: owner::self_start(),
+        owner_host: owner::hostname(),
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    }
+}
+
+fn home_of(env: &[String]) -> String {
+    env.iter()
+        .find_map(|e| e.strip_prefix("HOME="))
+        .filter(|h| h.starts_with('/') && *h != "/")
+        .unwrap_or("/home/agent")
+        .to_string()
+}
+
+/// The plan `--dry-run` prints: from the lockfile alone, no engine call.
+pub fn dry_run(req: &Request) -> Result<(RunPlan, String), RunError> {
+    let target = resolve(req)?;
+    let policy = target
+        .lock_policy
+        .clone()
+        .ok_or_else(|| RunError::DryRunNeedsLock(req.reference.to_string()))?;
+    let image = ImageFacts {
+        reference: format!("{}@{}", target.repository, target.digest),
+        digest: target.digest.clone(),
+        size: None,
+        user: String::new(),
+        home: "/home/agent".into(),
+    };
+    let kind = plan::sidecar_kind(&policy, &req.options);
+    let side = sidecar_image_unresolved(&policy, kind);
+    let mut options = req.options.clone();
+    options.dns_mitigation = req.allow_unpatched_engine;
+    let p = plan::plan(
+        &policy,
+        image,
+        side,
+        &options,
+        &host_env_names(),
+        &identity(),
+    )?;
+    let config = sidecar::config(&policy, &p)?;
+    Ok((p, config))
+}
+
+fn sidecar_image_unresolved(policy: &Policy, kind: SidecarKind) -> SidecarImage {
+    match kind {
+        SidecarKind::Builtin => SidecarImage {
+            image: "bottle builtin sidecar (built from this binary at run time)".into(),
+            digest: None,
+            user: String::new(),
+        },
+        SidecarKind::Pipelock => {
+            let image = policy.sidecar.image.clone().unwrap_or_default();
+            SidecarImage {
+                digest: image.split_once('@').map(|(_, d)| d.to_string()),
+                image,
+                user: String::new(),
+            }
+        }
+    }
+}
+
+/// A run that is approved-ready: image pulled and verified, plan built.
+pub struct Prepared {
+    pub docker: Docker,
+    pub plan: RunPlan,
+    pub engine_version: EngineVersion,
+    pub sidecar_config: String,
+}
+
+/// Connect, check the engine, pull by digest, verify it, read the policy,
+/// resolve the sidecar image, and plan. Creates nothing.
+pub async fn prepare(
+    req: &Request,
+    progress: &mut (dyn FnMut(&PullProgress) + Send),
+) -> Result<Prepared, RunError> {
+    let mut phases = Phases::new();
+    let target = resolve(req)?;
+    let docker = engine::connect().await?;
+    let version = engine::version(&docker).await?;
+    engine::check_version(&version, req.allow_unpatched_engine)?;
+    phases.mark("engine connected and checked");
+
+    let reference = format!("{}@{}", target.repository, target.digest);
+    engine::pull(&docker, &reference, &mut *progress).await?;
+    let info = engine::inspect_image(&docker, &reference).await?;
+    engine::verify_digest(&info, &target.repository, &target.digest)?;
+    let policy = Policy::from_label(info.labels.get(POLICY_LABEL).map(String::as_str)).map_err(
+        |source| RunError::Policy {
+            reference: reference.clone(),
+            source,
+        },
+    )?;
+
+    phases.mark("image pulled/verified, policy read");
+    let kind = plan::sidecar_kind(&policy, &req.options);
+    let side = match (kind, &req.sidecar_image) {
+        (_, Some(image)) => {
+            engine::pull(&docker, image, &mut *progress).await?;
+            let i = engine::inspect_image(&docker, image).await?;
+            SidecarImage {
+                digest: image.split_once('@').map(|(_, d)| d.to_string()),
+                image: image.clone(),
+                user: i.user,
+            }
+        }
+        (SidecarKind::Builtin, None) => builtin_sidecar(&docker).await?,
+        (SidecarKind::Pipelock, None) => {
+            let image = policy
+                .sidecar
+                .image
+                .clone()
+                .ok_or(PlanError::NoPipelockImage)?;
+            engine::pull(&docker, &image, &mut *progress).await?;
+            let i = engine::inspect_image(&docker, &image).await?;
+            SidecarImage {
+                digest: image.split_once('@').map(|(_, d)| d.to_string()),
+                image,
+                user: i.user,
+            }
+        }
+    };
+
+    phases.mark("sidecar image ready");
+    let facts = ImageFacts {
+        reference: reference.clone(),
+        digest: target.digest.clone(),
+        size: info.size,
+        user: info.user.clone(),
+        home: home_of(&info.env),
+    };
+    let mut options = req.options.clone();
+    options.dns_mitigation = !version.patched();
+    let p = plan::plan(
+        &policy,
+        facts,
+        side,
+        &options,
+        &host_env_names(),
+        &identity(),
+    )?;
+    let sidecar_config = sidecar::config(&policy, &p)?;
+    Ok(Prepared {
+        docker,
+        plan: p,
+        engine_version: version,
+        sidecar_config,
+    })
+}
+
+/// The builtin sidecar's image, loaded into the engine from this binary.
+async fn builtin_sidecar(docker: &Docker) -> Result<SidecarImage, RunError> {
+    let id = crate::egress::image::ensure_builtin_image(docker).await?;
+    Ok(SidecarImage {
+        image: id.clone(),
+        digest: Some(id),
+        user: crate::egress::image::SIDECAR_USER.to_string(),
+    })
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The agent's exit code, or 128+N when signal N stopped `bottle`.
+    pub code: u8,
+    pub signal: Option<&'static str>,
+    /// One line about what the sidecar blocked, when it blocked anything.
+    pub blocked: Option<String>,
+    /// Teardown steps that failed (the run's result still stands).
+    pub teardown_errors: Vec<EngineError>,
+}
+
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, RunError> {
+        let io = |source| RunError::Io {
+            what: "installing signal handlers".into(),
+            source,
+        };
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).map_err(io)?,
+            term: signal(SignalKind::terminate()).map_err(io)?,
+            hup: signal(SignalKind::hangup()).map_err(io)?,
+        })
+    }
+
+    async fn recv(&mut self) -> (&'static str, u8) {
+        tokio::select! {
+            _ = self.int.recv() => ("SIGINT", 130),
+            _ = self.term.recv() => ("SIGTERM", 143),
+            _ = self.hup.recv() => ("SIGHUP", 129),
+        }
+    }
+}
+
+/// With `BOTTLE_TIMINGS=1`, phase durations go to stderr (for benchmarks).
+struct Phases {
+    on: bool,
+    last: std::time::Instant,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases {
+            on: std::env::var_os("BOTTLE_TIMINGS").is_some_and(|v| v == "1"),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn mark(&mut self, what: &str) {
+        if self.on {
+            let now = std::time::Instant::now();
+            eprintln!(
+                "bottle: timing: {what}: {} ms",
+                (now - self.last).as_millis()
+            );
+            self.last = now;
+        }
+    }
+}
+
+/// Set once a signal asks the run to stop: (signal name, exit code).
+pub type StopRx = tokio::sync::watch::Receiver<Option<(&'static str, u8)>>;
+
+/// Resolves when a stop was requested.
+pub async fn stopped(rx: &mut StopRx) -> (&'static str, u8) {
+    loop {
+        if let Some(v) = *rx.borrow_and_update() {
+            return v;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Between start steps: stop now if a signal came in. Engine calls are never
+/// abandoned half-way (a dropped create request may still create the
+/// object after the teardown looked), so cancellation happens only here and
+/// in the waits.
+fn check(rx: &StopRx) -> Result<(), RunError> {
+    match *rx.borrow() {
+        Some((signal, code)) => Err(RunError::Stopped { signal, code }),
+        None => Ok(()),
+    }
+}
+
+/// Create, start, attach, and tear down. `interactive` forwards stdin.
+pub async fn execute(prepared: Prepared, interactive: bool) -> Result<Outcome, RunError> {
+    let mut signals = Signals::install()?;
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let listener = tokio::spawn(async move {
+        let first = signals.recv().await;
+        let _ = tx.send(Some(first));
+        // Further signals while tearing down are absorbed: the teardown
+        // must finish.
+        loop {
+            signals.recv().await;
+        }
+    });
+    let mut guard = Teardown::new();
+    let blocked: Arc<Mutex<Vec<String>>> = Arc::default();
+
+    let result = start_and_run(&prepared, &mut guard, interactive, blocked.clone(), rx).await;
+    let mut phases = Phases::new();
+    let teardown_errors = guard.finish(&prepared.docker).await;
+    phases.mark("teardown");
+    listener.abort();
+    let (code, signal) = match result {
+        Ok(code) => (code, None),
+        Err(RunError::Stopped { signal, code }) => (code, Some(signal)),
+        Err(e) => return Err(e),
+    };
+    let hosts = blocked.lock().map(|v| v.clone()).unwrap_or_default();
+    Ok(Outcome {
+        code,
+        signal,
+        blocked: sidecar::blocked_summary(&hosts),
+        teardown_errors,
+    })
+}
+
+/// Owner and mode for the sidecar's config file: private to a numeric
+/// user; world-readable (it holds hostnames only) when the image names its
+/// user by name, which only the image's own /etc/passwd could resolve.
+fn config_owner(user: &str) -> ((u64, u64), u32) {
+    let mut it = user.split(':');
+    match it.next().and_then(|u| u.parse::<u64>().ok()) {
+        Some(uid) => {
+            let gid = it.next().and_then(|g| g.parse().ok()).unwrap_or(uid);
+            ((uid, gid), 0o600)
+        }
+        None => ((0, 0), 0o644),
+    }
+}
+
+async fn start_and_run(
+    prepared: &Prepared,
+    guard: &mut Teardown,
+    interactive: bool,
+    blocked: Arc<Mutex<Vec<String>>>,
+    mut stop: StopRx,
+) -> Result<u8, RunError> {
+    let Prepared {
+        docker,
+        plan,
+        engine_version: version,
+        sidecar_config,
+    } = prepared;
+    // The config also lives in a private temp dir for the run's lifetime
+    // (mode 600), so an operator can read what the sidecar enforces.
+    let dir = tempfile::Builder::new()
+        .prefix("bottle-run-")
+        .tempdir()
+        .map_err(|source| RunError::Io {
+            what: "creating the run's temp dir".into(),
+            source,
+        })?;
+    let cfg_path = dir.path().join("egress.yaml");
+    write_private(&cfg_path, sidecar_config.as_bytes())?;
+    guard.tempdir(dir);
+
+    let mut phases = Phases::new();
+    let net = &plan.networks;
+    check(&stop)?;
+    let labels = plan.network_labels();
+    guard.network(&net.internal);
+    if net.egress_created {
+        guard.network(&net.egress);
+    }
+    let (internal, egress) = tokio::join!(
+        engine::create_internal_network(docker, &net.internal, &labels, version),
+        async {
+            if net.egress_created {
+                engine::create_bridge_network(docker, &net.egress, &labels).await
+            } else {
+                Ok(())
+            }
+        }
+    );
+    internal?;
+    egress?;
+
+    // Sidecar: created on the internal network, joined to the egress one,
+    // config uploaded, attached (stdin is its secret channel), started.
+    let s = &plan.sidecar;
+    let builtin = s.kind == SidecarKind::Builtin;
+    check(&stop)?;
+    guard.sidecar(&s.name);
+    engine::create_container(
+        docker,
+        &ContainerSpec {
+            name: &s.name,
+            image: &s.image.image,
+            user: &s.image.user,
+            env: vec![],
+            cmd: sidecar::command(plan),
+            tty: false,
+            stdin: builtin,
+            labels: &s.labels,
+            network: &net.internal,
+            limits: SIDECAR_LIMITS,
+            dns: vec![],
+            volumes: vec![SIDECAR_CONFIG_DIR.into()],
+            workspace: None,
+        },
+    )
+    .await?;
+    engine::connect_network(docker, &net.egress, &s.name, vec![]).await?;
+    let (owner, mode) = config_owner(&s.image.user);
+    let file = Path::new(&s.config_path)
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or("egress.yaml");
+    engine::upload_file(
+        docker,
+        &s.name,
+        SIDECAR_CONFIG_DIR,
+        file,
+        sidecar_config.as_bytes(),
+        mode,
+        owner,
+    )
+    .await?;
+    phases.mark("networks + sidecar created, config uploaded");
+
+    // Agent: internal network only; secrets only in the create body. It is
+    // created while the sidecar starts (creating runs nothing) and started
+    // only once the sidecar is ready.
+    let c = &plan.container;
+    let mut env = Vec::new();
+    for e in &c.env {
+        match &e.value {
+            EnvValue::Fixed(v) => env.push(format!("{}={}", e.name, v)),
+            EnvValue::Host { from, .. } => {
+                if let Ok(v) = std::env::var(from) {
+                    env.push(format!("{}={}", e.name, v));
+                }
+            }
+        }
+    }
+    check(&stop)?;
+    guard.agent(&c.name);
+    let spec = ContainerSpec {
+        name: &c.name,
+        image: &plan.image.reference,
+        user: &c.user,
+        env,
+        cmd: c.command.clone(),
+        tty: c.tty,
+        stdin: interactive,
+        labels: &c.labels,
+        network: &net.internal,
+        limits: plan.limits,
+        dns: c.dns.clone(),
+        volumes: vec![c.home.clone()],
+        workspace: c.workspace.as_deref(),
+    };
+    let (ready, created) = tokio::join!(
+        start_sidecar(docker, plan, builtin, blocked, &stop),
+        engine::create_container(docker, &spec),
+    );
+    ready?;
+    created?;
+    phases.mark("agent created");
+    check(&stop)?;
+    let code = session::run_agent(docker, &c.name, c.tty, interactive, &mut stop).await?;
+    phases.mark("agent ran");
+    Ok(code.clamp(0, 255) as u8)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| RunError::Io {
+        what: format!("writing {}", path.display()),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+/// Attach to the sidecar, start it, hand it its secrets over stdin, and
+/// wait until it accepts connections (it says so, or its port answers on
+/// the egress network). Its output keeps being read for the decision log.
+async fn start_sidecar(
+    docker: &Docker,
+    plan: &RunPlan,
+    builtin: bool,
+    blocked: Arc<Mutex<Vec<String>>>,
+    stop: &StopRx,
+) -> Result<(), RunError> {
+    let name = &plan.sidecar.name;
+    let attached = docker
+        .attach_container(
+            name,
+            Some(AttachContainerOptions {
+                stdin: builtin,
+                stdout: true,
+                stderr: true,
+                stream: true,
+                logs: true,
+                detach_keys: None,
+            }),
+        )
+        .await
+        .map_err(|source| EngineError::Api {
+            what: format!("attaching to {name}"),
+            source,
+        })?;
+    let mut output = attached.output;
+    let mut input = attached.input;
+    let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
+    let tail: Arc<Mutex<Vec<String>>> = Arc::default();
+    let tail_w = tail.clone();
+    tokio::spawn(async move {
+        let mut pending = Vec::new();
+        while let Some(Ok(chunk)) = output.next().await {
+            let bytes = match chunk {
+                LogOutput::StdOut { message }
+                | LogOutput::StdErr { message }
+                | LogOutput::Console { message } => message,
+                LogOutput::StdIn { .. } => continue,
+            };
+            pending.extend_from_slice(&bytes);
+            while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=pos).collect();
+                let line = String::from_utf8_lossy(&line).trim_end().to_string();
+                if sidecar::is_ready_line(&line) {
+                    let _ = ready_tx.send(true);
+                }
+                if let Some(h) = sidecar::blocked_host(&line) {
+                    if let Ok(mut b) = blocked.lock() {
+                        b.push(h);
+                    }
+                }
+                if let Ok(mut t) = tail_w.lock() {
+                    t.push(line);
+                    let n = t.len();
+                    if n > 20 {
+                        t.drain(..n - 20);
+                    }
+                }
+            }
+        }
+    });
+
+    engine::start_container(docker, name).await?;
+    if builtin {
+        // No credentials are injected at the proxy yet; closing stdin tells
+        // the sidecar its secret channel is done.
+        let _ = input.shutdown().await;
+    }
+    drop(input);
+
+    let deadline = tokio::time::Instant::now() + SIDECAR_READY_TIMEOUT;
+    loop {
+        check(stop)?;
+        if *ready_rx.borrow_and_update() {
+            return Ok(());
+        }
+        let state = docker
+            .inspect_container(
+                name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .map_err(|source| EngineError::Api {
+                what: format!("inspecting {name}"),
+                source,
+            })?;
+        let running = state
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false);
+        if !running {
+            let code = state.state.and_then(|s| s.exit_code).unwrap_or(-1);
+            return Err(
+                sidecar_failed(docker, name, &tail, format!("it exited with code {code}")).await,
+            );
+        }
+        if let Some(ip) = state
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|n| n.get(&plan.networks.egress).cloned())
+            .and_then(|e| e.ip_address)
+            .filter(|ip| !ip.is_empty())
+        {
+            let addr = format!("{ip}:{}", plan.sidecar.port);
+            if let Ok(Ok(_)) = tokio::time::timeout(
+                Duration::from_millis(200),
+                tokio::net::TcpStream::connect(&addr),
+            )
+            .await
+            {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(sidecar_failed(
+                docker,
+                name,
+                &tail,
+                format!("not ready after {}s", SIDECAR_READY_TIMEOUT.as_secs()),
+            )
+            .await);
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), ready_rx.changed()).await;
+    }
+}
+
+async fn sidecar_failed(
+    docker: &Docker,
+    name: &str,
+    tail: &Arc<Mutex<Vec<String>>>,
+    reason: String,
+) -> RunError {
+    let mut logs = tail.lock().map(|t| t.clone()).unwrap_or_default();
+    if logs.is_empty() {
+        let mut s = docker.logs(
+            name,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: "20".into(),
+                ..Default::default()
+            }),
+        );
+        while let Some(Ok(l)) = s.next().await {
+            logs.extend(l.to_string().lines().map(str::to_string));
+        }
+    }
+    RunError::Sidecar {
+        name: name.to_string(),
+        reason,
+        logs,
+    }
+}

@@ -1,0 +1,238 @@
+//! The agent's session: attach before start (so no output is lost), the
+//! host terminal in raw mode with window resizes forwarded for interactive
+//! runs, plain streaming for `-- cmd…`, and the container's exit code.
+//!
+//! Invariant: the terminal's settings are restored by a guard's `Drop`, so
+//! a panic or a signal never leaves the user's shell in raw mode.
+
+use std::io::Write;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::errors::Error as BollardError;
+use bollard::query_parameters::{
+    AttachContainerOptions, ResizeContainerTTYOptions, WaitContainerOptions,
+};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::engine::{self, EngineError};
+
+/// Saved terminal settings, restored on drop.
+pub struct RawMode {
+    fd: i32,
+    saved: libc::termios,
+}
+
+impl RawMode {
+    /// Put `fd` into raw mode; `None` if it is not a terminal.
+    pub fn enter(fd: i32) -> Option<RawMode> {
+        if !is_tty(fd) {
+            return None;
+        }
+        // SAFETY: termios is plain data; tcgetattr fills it for a valid tty fd.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+            return None;
+        }
+        let mut raw = saved;
+        // SAFETY: cfmakeraw only edits the struct we own.
+        unsafe { libc::cfmakeraw(&mut raw) };
+        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
+            return None;
+        }
+        Some(RawMode { fd, saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read from the same fd.
+        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
+    }
+}
+
+pub fn is_tty(fd: i32) -> bool {
+    // SAFETY: isatty only inspects the descriptor.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+/// (columns, rows) of the terminal on `fd`.
+pub fn terminal_size(fd: i32) -> Option<(u16, u16)> {
+    // SAFETY: winsize is plain data filled by the ioctl for a tty fd.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0 && ws.ws_col > 0).then_some((ws.ws_col, ws.ws_row))
+}
+
+async fn resize(docker: &Docker, name: &str) {
+    if let Some((w, h)) =
+        terminal_size(libc::STDOUT_FILENO).or_else(|| terminal_size(libc::STDIN_FILENO))
+    {
+        let _ = docker
+            .resize_container_tty(
+                name,
+                ResizeContainerTTYOptions {
+                    w: w as i32,
+                    h: h as i32,
+                },
+            )
+            .await;
+    }
+}
+
+/// Attach to the created agent, start it, pump I/O until it exits; returns
+/// its exit code. `interactive` forwards stdin (and, with `tty`, resizes).
+pub async fn run_agent(
+    docker: &Docker,
+    name: &str,
+    tty: bool,
+    interactive: bool,
+    stop: &mut super::StopRx,
+) -> Result<i64, super::RunError> {
+    let attached = docker
+        .attach_container(
+            name,
+            Some(AttachContainerOptions {
+                stdin: interactive,
+                stdout: true,
+                stderr: true,
+                stream: true,
+                logs: false,
+                detach_keys: None,
+            }),
+        )
+        .await
+        .map_err(|source| EngineError::Api {
+            what: format!("attaching to {name}"),
+            source,
+        })?;
+    let mut output = attached.output;
+    let mut input = attached.input;
+
+    engine::start_container(docker, name).await?;
+
+    let _raw = if tty && interactive {
+        resize(docker, name).await;
+        RawMode::enter(libc::STDIN_FILENO)
+    } else {
+        None
+    };
+
+    let resizer = if tty {
+        let docker = docker.clone();
+        let name = name.to_string();
+        Some(tokio::spawn(async move {
+            let Ok(mut sig) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+            else {
+                return;
+            };
+            while sig.recv().await.is_some() {
+                resize(&docker, &name).await;
+            }
+        }))
+    } else {
+        None
+    };
+
+    let stdin_pump = if interactive {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+        // Blocking reads of the terminal live on their own thread; the
+        // runtime shuts down without waiting for it.
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                // SAFETY: reading into a stack buffer of the given length.
+                let n =
+                    unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 || tx.blocking_send(buf[..n as usize].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Some(tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                if input.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                let _ = input.flush().await;
+            }
+            let _ = input.shutdown().await;
+        }))
+    } else {
+        drop(input);
+        None
+    };
+
+    let pump = tokio::spawn(async move {
+        let mut out = std::io::stdout();
+        let mut err = std::io::stderr();
+        while let Some(item) = output.next().await {
+            match item {
+                Ok(LogOutput::StdErr { message }) => {
+                    let _ = err.write_all(&message);
+                    let _ = err.flush();
+                }
+                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                    let _ = out.write_all(&message);
+                    let _ = out.flush();
+                }
+                Ok(LogOutput::StdIn { .. }) => {}
+                Err(_) => break,
+            }
+        }
+    });
+
+    let code = tokio::select! {
+        code = wait_exit(docker, name) => code,
+        (signal, code) = super::stopped(stop) => Err(super::RunError::Stopped { signal, code }),
+    };
+    if code.is_err() {
+        if let Some(r) = &resizer {
+            r.abort();
+        }
+        if let Some(s) = &stdin_pump {
+            s.abort();
+        }
+        pump.abort();
+    }
+    let code = code?;
+    // Drain what is still in flight, but never hang on a stream the engine
+    // keeps open.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), pump).await;
+    if let Some(r) = resizer {
+        r.abort();
+    }
+    if let Some(s) = stdin_pump {
+        s.abort();
+    }
+    Ok(code)
+}
+
+/// Wait until the container stops; its exit code.
+pub async fn wait_exit(docker: &Docker, name: &str) -> Result<i64, super::RunError> {
+    let mut s = docker.wait_container(
+        name,
+        Some(WaitContainerOptions {
+            condition: "not-running".into(),
+        }),
+    );
+    match s.next().await {
+        Some(Ok(r)) => Ok(r.status_code),
+        Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+        Some(Err(source)) => Err(EngineError::Api {
+            what: format!("waiting for {name}"),
+            source,
+        }
+        .into()),
+        None => Err(EngineError::Api {
+            what: format!("waiting for {name}"),
+            source: BollardError::DockerContainerWaitError {
+                error: "wait stream ended without a status".into(),
+                code: -1,
+            },
+        }
+        .into()),
+    }
+}

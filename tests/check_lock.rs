@@ -1,0 +1,158 @@
+//! `bottle check`: 0 on a fresh lockfile that rebuilds to its digest, 1 on a
+//! stale lockfile (manifest or skill edited) and on a tampered digest, with
+//! the input or layer that differs named. `check` needs no registry for a
+//! `scratch`-based agent and never writes the lockfile.
+
+mod common;
+mod lock_support;
+
+use lock_support::{Project, Variation};
+use serde_json::json;
+
+const L: &str = "lockfiles/hello.lock.json";
+
+fn ready() -> bool {
+    common::require_busybox()
+}
+
+fn report(out: &lock_support::Out) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("--json output: {e}: {out:?}"));
+    v[0].clone()
+}
+
+#[test]
+fn fresh_lockfile_passes() {
+    if !ready() {
+        return;
+    }
+    let p = Project::new(&["hello"], Variation::default());
+    let out = p.bottle(&["check", "hello", "--json"], None, &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let r = report(&out);
+    assert_eq!(r["up_to_date"], true);
+    assert_eq!(r["reproducible"], true);
+    assert_eq!(r["locked_digest"], r["rebuilt_digest"]);
+    // `--all` covers the same agent (the copy holds only hello).
+    let all = p.bottle(&["check", "--all"], None, &[]);
+    assert_eq!(all.code, 0, "{all:?}");
+}
+
+#[test]
+fn edited_manifest_is_stale() {
+    if !ready() {
+        return;
+    }
+    let p = Project::new(&["hello"], Variation::default());
+    let before = p.read(L);
+    p.edit_json("agents/hello/bottle.json", |v| {
+        v["egress"]["allow"] = json!(["example.com", "example.net"])
+    });
+    let out = p.bottle(&["check", "hello", "--json"], None, &[]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let r = report(&out);
+    assert_eq!(r["up_to_date"], false);
+    let problems = r["problems"].to_string();
+    assert!(problems.contains("input `manifest`"), "{problems}");
+    assert!(out.stderr.contains("bottle lock hello"), "{out:?}");
+    assert_eq!(p.read(L), before, "check wrote the lockfile");
+}
+
+#[test]
+fn edited_skill_is_stale_and_named() {
+    if !ready() {
+        return;
+    }
+    let p = Project::new(&["hello"], Variation::default());
+    p.write("agents/hello/skills/greet/extra.txt", "new file\n");
+    let out = p.bottle(&["check", "hello", "--json"], None, &[]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let problems = report(&out)["problems"].to_string();
+    assert!(problems.contains("input `skill:greet`"), "{problems}");
+    assert!(!problems.contains("input `prompt`"), "{problems}");
+}
+
+#[test]
+fn tampered_digest_fails_and_names_what_differs() {
+    if !ready() {
+        return;
+    }
+    let p = Project::new(&["hello"], Variation::default());
+    p.edit_json(L, |v| {
+        let layers = v["image"]["layers"].as_array_mut().unwrap();
+        let skill = layers
+            .iter_mut()
+            .find(|l| l["name"] == "skill:greet")
+            .unwrap();
+        skill["digest"] = json!(format!("sha256:{}", "a".repeat(64)));
+        v["image"]["manifest_digest"] = json!(format!("sha256:{}", "b".repeat(64)));
+    });
+    let out = p.bottle(&["check", "hello", "--json"], None, &[]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let r = report(&out);
+    assert_eq!(r["up_to_date"], true);
+    assert_eq!(r["reproducible"], false);
+    let problems = r["problems"].to_string();
+    assert!(problems.contains("manifest digest"), "{problems}");
+    assert!(
+        problems.contains("layer 1 `skill:greet` differs"),
+        "{problems}"
+    );
+    assert!(!problems.contains("`config` differs"), "{problems}");
+}
+
+#[test]
+fn tampered_policy_in_lockfile_fails() {
+    if !ready() {
+        return;
+    }
+    let p = Project::new(&["hello"], Variation::default());
+    p.edit_json(L, |v| {
+        v["policy"]["egress"]["allow"] = json!(["evil.example"]);
+    });
+    let out = p.bottle(&["check", "hello", "--json"], None, &[]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        report(&out)["problems"].to_string().contains("policy"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn missing_lockfile_fails() {
+    let p = Project::new(&["hello"], Variation::default());
+    std::fs::remove_file(p.path(L)).unwrap();
+    let out = p.bottle(&["check", "hello"], None, &[]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("does not exist"), "{out:?}");
+}
+
+#[test]
+fn a_digest_from_other_content_names_the_file_that_differs() {
+    if !ready() {
+        return;
+    }
+    let Some(reg) = common::Registry::start() else {
+        return;
+    };
+    let p = Project::new(&["hello"], Variation::default());
+    let first = p.bottle(&["lock", "hello"], Some(&reg.host()), &[]);
+    assert_eq!(first.code, 0, "{first:?}");
+    let old = lock_support::lock_json(&p, "hello");
+    p.write(
+        "agents/hello/skills/greet/SKILL.md",
+        "---\nname: greet\ndescription: changed\n---\n",
+    );
+    let second = p.bottle(&["lock", "hello"], Some(&reg.host()), &[]);
+    assert_eq!(second.code, 0, "{second:?}");
+    // The lockfile now claims the new inputs but the old image.
+    p.edit_json(L, |v| v["image"] = old["image"].clone());
+    let out = p.bottle(&["check", "hello", "--json"], Some(&reg.host()), &[]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let problems = report(&out)["problems"].to_string();
+    assert!(problems.contains("`skill:greet` differs"), "{problems}");
+    assert!(
+        problems.contains("home/agent/.claude/skills/greet/SKILL.md: content differs"),
+        "{problems}"
+    );
+}
