@@ -9,6 +9,7 @@ pub mod cli;
 pub mod egress;
 pub mod engine;
 pub mod error;
+pub mod fsutil;
 pub mod host;
 pub mod lock;
 pub mod manifest;

@@ -24,7 +24,6 @@
 //! - Hostnames only: nothing in the file is secret.
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -225,29 +224,12 @@ impl EgressConfig {
 /// Write the config atomically (temp file in the same directory, then
 /// rename) with mode 600, so only the sidecar's user can read it.
 pub fn write_config(path: &Path, config: &EgressConfig) -> Result<(), EgressError> {
-    let err = |source| EgressError::Write {
-        path: path.display().to_string(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".egress-")
-        .tempfile_in(dir)
-        .map_err(err)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(err)?;
-    }
-    tmp.write_all(config.to_file_text().as_bytes())
-        .map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    Ok(())
+    crate::fsutil::write_atomic(path, config.to_file_text().as_bytes(), 0o600).map_err(|e| {
+        EgressError::Write {
+            path: path.display().to_string(),
+            source: e.source,
+        }
+    })
 }
 
 /// Read and [`parse`] a config file.

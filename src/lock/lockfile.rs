@@ -8,7 +8,6 @@
 //! lockfile byte-for-byte intact. The lockfile names no registry host.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -173,20 +172,9 @@ impl Lockfile {
         let dir = root.join("lockfiles");
         fs::create_dir_all(&dir).map_err(|e| LockError::io("cannot create", &dir, e))?;
         let path = root.join(rel_path(&self.agent));
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".lock-")
-            .tempfile_in(&dir)
-            .map_err(|e| LockError::io("cannot create a temp file in", &dir, e))?;
-        tmp.write_all(&self.to_bytes())
-            .and_then(|()| tmp.as_file().sync_all())
-            .map_err(|e| LockError::io("cannot write", tmp.path(), e))?;
-        // Lockfiles are committed; give them the usual mode, not tempfile's 0600.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644));
-        }
-        tmp.persist(&path)
-            .map_err(|e| LockError::io("cannot replace", &path, e.error))?;
+        // Lockfiles are committed: the usual 0644, not a temp file's 0600.
+        crate::fsutil::write_atomic(&path, &self.to_bytes(), 0o644)
+            .map_err(|e| LockError::io(e.action, &e.path, e.source))?;
         Ok(())
     }
 }

@@ -284,7 +284,7 @@ impl BlobWriter {
             .map_err(|e| OciError::io("cannot fsync", &path, e))?;
         temp.persist(&target)
             .map_err(|e| OciError::io("cannot rename into", &target, e.error))?;
-        sync_dir(&dir);
+        crate::fsutil::sync_dir(&dir);
         Ok((digest, len))
     }
 }
@@ -298,31 +298,11 @@ impl Write for BlobWriter {
     }
 }
 
-/// Best effort: make the rename durable. A failure here does not make the
-/// blob wrong, only possibly absent after a power cut.
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// Write a small file atomically: temp file in the same directory, fsync,
-/// rename.
+/// Write a small file atomically (see [`crate::fsutil::write_atomic`]);
+/// private like the blobs beside it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OciError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(|e| OciError::io("cannot create a temp file in", dir, e))?;
-    temp.write_all(bytes)
-        .map_err(|e| OciError::io("cannot write", temp.path().to_path_buf(), e))?;
-    temp.as_file()
-        .sync_all()
-        .map_err(|e| OciError::io("cannot fsync", temp.path().to_path_buf(), e))?;
-    temp.persist(path)
-        .map_err(|e| OciError::io("cannot rename into", path, e.error))?;
-    sync_dir(dir);
-    Ok(())
+    crate::fsutil::write_atomic(path, bytes, 0o600)
+        .map_err(|e| OciError::io(e.action, e.path, e.source))
 }
 
 #[cfg(test)]
