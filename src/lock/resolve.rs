@@ -13,8 +13,6 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
-use sha2::{Digest as _, Sha256};
-
 use super::LockError;
 use super::lockfile::{LockedBase, LockedInput};
 use crate::manifest::tree::{Tree, TreeKind};
@@ -58,9 +56,9 @@ pub struct PinnedFetch {
     pub pinned_by: String,
 }
 
+/// `sha256:<hex>` of the canonical JSON bytes of `v`.
 pub fn sha256_json(v: &serde_json::Value) -> String {
-    let bytes = serde_json::to_vec(&json::canonical(v)).expect("json serializes");
-    format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
+    crate::oci::digest::sha256_digest(&crate::oci::digest::canonical_json(v))
 }
 
 /// Every input of the agent with its hash, sorted by name.

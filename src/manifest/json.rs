@@ -59,25 +59,9 @@ pub fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
     Some((line, col))
 }
 
-/// Serialize a JSON value with object keys sorted at every level, whatever
-/// map type serde_json was built with: the canonical bytes that get hashed
-/// and written.
-pub fn canonical(value: &serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            let mut out = serde_json::Map::new();
-            for k in keys {
-                out.insert(k.clone(), canonical(&map[k]));
-            }
-            Value::Object(out)
-        }
-        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
-        other => other.clone(),
-    }
-}
+/// Object keys sorted at every level: the canonical form that gets hashed
+/// and written. One implementation, shared with image digests.
+pub use crate::oci::digest::canonical;
 
 #[cfg(test)]
 mod tests {

@@ -76,45 +76,27 @@ impl<W: Write> Write for Sha256Writer<W> {
 
 /// Serialize a JSON value canonically (sorted keys, compact).
 pub fn canonical_json(value: &Value) -> Vec<u8> {
-    let mut out = Vec::new();
-    write_canonical(value, &mut out);
-    out
+    // Serializing a `Value` into a Vec cannot fail.
+    serde_json::to_vec(&canonical(value)).unwrap_or_default()
 }
 
-fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+/// The value with object keys sorted at every level. Re-inserting in sorted
+/// order gives sorted output whatever map type serde_json was built with
+/// (`BTreeMap` sorts; `preserve_order`'s `IndexMap` keeps insertion order),
+/// so this is also what pretty-printed canonical files (lockfiles) use.
+pub fn canonical(value: &Value) -> Value {
     match value {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
-            out.push(b'{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_scalar(&Value::String(key.clone()), out);
-                out.push(b':');
-                write_canonical(&map[key], out);
+            let mut out = serde_json::Map::new();
+            for k in keys {
+                out.insert(k.clone(), canonical(&map[k]));
             }
-            out.push(b'}');
+            Value::Object(out)
         }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
-        scalar => write_scalar(scalar, out),
-    }
-}
-
-fn write_scalar(value: &Value, out: &mut Vec<u8>) {
-    // Serializing a scalar into a Vec cannot fail.
-    if let Ok(bytes) = serde_json::to_vec(value) {
-        out.extend_from_slice(&bytes);
+        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+        other => other.clone(),
     }
 }
 
