@@ -216,14 +216,27 @@ impl RegistryClient {
         &self.registry
     }
 
+    /// `<registry>/<repo>@<digest>` or `<registry>/<repo>:<tag>`, as text
+    /// (for messages) and parsed.
+    fn parse_at(
+        &self,
+        repo: &str,
+        tag_or_digest: &str,
+    ) -> Result<(String, Reference), RegistryError> {
+        let sep = if tag_or_digest.starts_with("sha256:") {
+            "@"
+        } else {
+            ":"
+        };
+        let text = format!("{}/{repo}{sep}{tag_or_digest}", self.registry);
+        let r = parse_reference(&text)?;
+        Ok((text, r))
+    }
+
+    /// `repo@digest`, refused unless `repo` is already canonical (so what is
+    /// looked up is exactly what the caller named).
     fn reference(&self, repo: &str, digest: &str) -> Result<Reference, RegistryError> {
-        let text = format!("{}/{repo}@{digest}", self.registry);
-        let r: Reference =
-            text.parse()
-                .map_err(|e: oci_client::ParseError| RegistryError::BadReference {
-                    reference: text.clone(),
-                    reason: e.to_string(),
-                })?;
+        let (text, r) = self.parse_at(repo, digest)?;
         if r.repository() != repo {
             return Err(RegistryError::BadReference {
                 reference: text,
@@ -306,16 +319,7 @@ impl RegistryClient {
             .collect::<Result<Vec<_>, _>>()?;
         let by_digest = self.reference(repo, &image.manifest_digest)?;
         let tagged = match tag {
-            Some(t) => {
-                let text = format!("{}/{repo}:{t}", self.registry);
-                Some(
-                    text.parse::<Reference>()
-                        .map_err(|e| RegistryError::BadReference {
-                            reference: text.clone(),
-                            reason: e.to_string(),
-                        })?,
-                )
-            }
+            Some(t) => Some(parse_reference(&format!("{}/{repo}:{t}", self.registry))?),
             None => None,
         };
         self.client
@@ -413,18 +417,7 @@ impl RegistryClient {
         media_type: &str,
     ) -> Result<Digest, RegistryError> {
         let digest = sha256_digest(bytes);
-        let sep = if reference.starts_with("sha256:") {
-            "@"
-        } else {
-            ":"
-        };
-        let text = format!("{}/{repo}{sep}{reference}", self.registry);
-        let r: Reference =
-            text.parse()
-                .map_err(|e: oci_client::ParseError| RegistryError::BadReference {
-                    reference: text.clone(),
-                    reason: e.to_string(),
-                })?;
+        let (text, r) = self.parse_at(repo, reference)?;
         let content_type = hyper::header::HeaderValue::from_str(media_type).map_err(|_| {
             RegistryError::BadReference {
                 reference: text.clone(),
@@ -473,18 +466,7 @@ impl RegistryClient {
         store: &BlobStore,
         progress: &Progress,
     ) -> Result<PulledImage, RegistryError> {
-        let sep = if tag_or_digest.starts_with("sha256:") {
-            "@"
-        } else {
-            ":"
-        };
-        let text = format!("{}/{repo}{sep}{tag_or_digest}", self.registry);
-        let reference: Reference =
-            text.parse()
-                .map_err(|e: oci_client::ParseError| RegistryError::BadReference {
-                    reference: text.clone(),
-                    reason: e.to_string(),
-                })?;
+        let (text, reference) = self.parse_at(repo, tag_or_digest)?;
         self.pull_reference(&reference, &text, platform, store, progress)
             .await
     }
@@ -743,17 +725,20 @@ pub async fn pull_image(
     store: &BlobStore,
     progress: &Progress,
 ) -> Result<PulledImage, RegistryError> {
-    let parsed: Reference =
-        reference
-            .parse()
-            .map_err(|e: oci_client::ParseError| RegistryError::BadReference {
-                reference: reference.to_string(),
-                reason: e.to_string(),
-            })?;
+    let parsed = parse_reference(reference)?;
     let client = RegistryClient::new(parsed.registry())?;
     client
         .pull_reference(&parsed, reference, platform, store, progress)
         .await
+}
+
+/// Parse an image reference; the error names it.
+pub fn parse_reference(text: &str) -> Result<Reference, RegistryError> {
+    text.parse()
+        .map_err(|e: oci_client::ParseError| RegistryError::BadReference {
+            reference: text.to_string(),
+            reason: e.to_string(),
+        })
 }
 
 /// A plain-HTTP loopback registry needs no TLS trust at all, but building

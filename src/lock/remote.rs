@@ -74,13 +74,7 @@ pub async fn ensure_base(
             what: format!("pulling base image {reference}@{digest}"),
         });
     }
-    let parsed: oci_client::Reference =
-        reference
-            .parse()
-            .map_err(|e: oci_client::ParseError| RegistryError::BadReference {
-                reference: reference.to_string(),
-                reason: e.to_string(),
-            })?;
+    let parsed = registry::parse_reference(reference)?;
     let by_digest = format!("{}/{}@{digest}", parsed.registry(), parsed.repository());
     let platform = Platform::parse(platform)?;
     let pulled = registry::pull_image(&by_digest, &platform, store, &Progress::auto())
