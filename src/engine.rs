@@ -513,6 +513,31 @@ pub async fn start_container(docker: &Docker, name: &str) -> Result<(), EngineEr
         .map_err(api(format!("starting container {name}")))
 }
 
+/// Attach to a container's output streams (and its stdin when `stdin`),
+/// before it starts so nothing it prints is lost. `logs` also replays what
+/// it printed already.
+pub async fn attach(
+    docker: &Docker,
+    name: &str,
+    stdin: bool,
+    logs: bool,
+) -> Result<bollard::container::AttachContainerResults, EngineError> {
+    docker
+        .attach_container(
+            name,
+            Some(bollard::query_parameters::AttachContainerOptions {
+                stdin,
+                stdout: true,
+                stderr: true,
+                stream: true,
+                logs,
+                detach_keys: None,
+            }),
+        )
+        .await
+        .map_err(api(format!("attaching to {name}")))
+}
+
 /// A labeled object found by [`list_labeled`].
 #[derive(Debug, Clone)]
 pub struct Labeled {

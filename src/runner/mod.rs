@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::container::LogOutput;
-use bollard::query_parameters::{AttachContainerOptions, LogsOptions};
+use bollard::query_parameters::LogsOptions;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
@@ -722,23 +722,7 @@ async fn start_sidecar(
     stop: &StopRx,
 ) -> Result<(), RunError> {
     let name = &plan.sidecar.name;
-    let attached = docker
-        .attach_container(
-            name,
-            Some(AttachContainerOptions {
-                stdin: builtin,
-                stdout: true,
-                stderr: true,
-                stream: true,
-                logs: true,
-                detach_keys: None,
-            }),
-        )
-        .await
-        .map_err(|source| EngineError::Api {
-            what: format!("attaching to {name}"),
-            source,
-        })?;
+    let attached = engine::attach(docker, name, builtin, true).await?;
     let mut output = attached.output;
     let mut input = attached.input;
     let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);

@@ -10,9 +10,7 @@ use std::io::Write;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::query_parameters::{
-    AttachContainerOptions, ResizeContainerTTYOptions, WaitContainerOptions,
-};
+use bollard::query_parameters::{ResizeContainerTTYOptions, WaitContainerOptions};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
@@ -90,23 +88,7 @@ pub async fn run_agent(
     interactive: bool,
     stop: &mut super::StopRx,
 ) -> Result<i64, super::RunError> {
-    let attached = docker
-        .attach_container(
-            name,
-            Some(AttachContainerOptions {
-                stdin: interactive,
-                stdout: true,
-                stderr: true,
-                stream: true,
-                logs: false,
-                detach_keys: None,
-            }),
-        )
-        .await
-        .map_err(|source| EngineError::Api {
-            what: format!("attaching to {name}"),
-            source,
-        })?;
+    let attached = engine::attach(docker, name, interactive, false).await?;
     let mut output = attached.output;
     let mut input = attached.input;
 
