@@ -50,6 +50,13 @@ pub async fn exec(args: Args) -> CliResult {
         println!("{v}");
     } else {
         println!("{}", out.reference);
+        if out.lockfile_written {
+            eprintln!(
+                "next: commit {}; run it with `bottle run {}`",
+                lock::lockfile::rel_path(&args.agent),
+                out.reference
+            );
+        }
     }
     Ok(0)
 }

@@ -189,7 +189,7 @@ pub async fn exec(args: Args) -> CliResult {
         );
     }
     if !args.yes && !confirm()? {
-        eprintln!("not started");
+        eprintln!("not started (answer `y`, or pass --yes to skip the question)");
         return Ok(1);
     }
 
