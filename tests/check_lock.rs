@@ -156,3 +156,35 @@ fn a_digest_from_other_content_names_the_file_that_differs() {
         "{problems}"
     );
 }
+
+/// A reader that went away (`bottle check --json | head -0`) is not an
+/// error: the exit code stays the check's, not a panic's 101.
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::process::{Command, Stdio};
+    if !ready() {
+        return;
+    }
+    let p = Project::new(&["hello"], Variation::default());
+    let mut fds = [0; 2];
+    // SAFETY: `pipe` fills two fresh descriptors we then own.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end);
+    let out = Command::new(env!("CARGO_BIN_EXE_bottle"))
+        .args(["check", "hello", "--json"])
+        .current_dir(p.root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::piped())
+        .env("BOTTLE_CACHE_DIR", p.root().join(".cache"))
+        .env_remove("BOTTLE_ROOT")
+        .env("BOTTLE_REGISTRY", "127.0.0.1:9")
+        .output()
+        .expect("run bottle");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -2,7 +2,7 @@
 //! to date and rebuilds to its digest, 1 when any is not, 2 for bad input, 3
 //! when the environment is missing something.
 
-use super::common::{ProjectOpt, RegistryOpt};
+use super::common::{ProjectOpt, RegistryOpt, print_result};
 use super::{CliError, CliResult};
 use crate::error::{Classify, ExitKind};
 use crate::lock;
@@ -64,7 +64,7 @@ pub async fn exec(args: Args) -> CliResult {
         }
     }
     if args.json {
-        println!("{}", serde_json::Value::Array(reports));
+        print_result(&serde_json::Value::Array(reports).to_string())?;
     }
     Ok(worst.map_or(0, ExitKind::code))
 }

@@ -25,3 +25,17 @@ pub struct ProjectOpt {
     #[arg(long, env = "BOTTLE_ROOT", value_name = "DIR")]
     pub root: Option<PathBuf>,
 }
+
+/// Print a command's result line on stdout. A closed pipe (`bottle lock a |
+/// head -0`) is not an error, as in ripgrep; `println!` would panic there.
+pub fn print_result(text: &str) -> Result<(), super::CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(super::CliError::new(
+            crate::error::ExitKind::Environment,
+            format!("cannot write the result to stdout: {e}"),
+        )),
+        _ => Ok(()),
+    }
+}

@@ -1,7 +1,7 @@
 //! `bottle lock <agent>`: resolve, build, push, write the lockfile; print
 //! `<agent>@sha256:<hex>` on stdout and the human detail on stderr.
 
-use super::common::{ProjectOpt, RegistryOpt};
+use super::common::{ProjectOpt, RegistryOpt, print_result};
 use super::{CliError, CliResult};
 use crate::lock;
 
@@ -47,9 +47,9 @@ pub async fn exec(args: Args) -> CliResult {
             "lockfile_written": out.lockfile_written,
             "push": out.push,
         });
-        println!("{v}");
+        print_result(&v.to_string())?;
     } else {
-        println!("{}", out.reference);
+        print_result(&out.reference)?;
         if out.lockfile_written {
             eprintln!(
                 "next: commit {}; run it with `bottle run {}`",
