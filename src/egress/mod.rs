@@ -32,11 +32,6 @@ pub const PIPELOCK_TAG: &str = "3.6.0";
 pub const PIPELOCK_DIGEST: &str =
     "sha256:66d65eaca81ddae4d0872537bca276bd065baa8f2aebe2960de313cffc53fa47";
 
-/// `ghcr.io/luckypipewrench/pipelock:<tag>@sha256:…`, the pinned reference.
-pub fn pipelock_reference() -> String {
-    format!("{PIPELOCK_IMAGE}:{PIPELOCK_TAG}@{PIPELOCK_DIGEST}")
-}
-
 /// Port both sidecars listen on inside their container.
 pub const LISTEN_PORT: u16 = 8888;
 

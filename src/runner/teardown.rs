@@ -41,10 +41,6 @@ impl Teardown {
         self.tempdir = Some(dir);
     }
 
-    pub fn tempdir_path(&self) -> Option<&std::path::Path> {
-        self.tempdir.as_ref().map(TempDir::path)
-    }
-
     /// Remove everything, in order; returns the failures (each step is
     /// attempted even if an earlier one failed).
     pub async fn finish(&mut self, docker: &Docker) -> Vec<EngineError> {
