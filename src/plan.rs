@@ -35,7 +35,7 @@ pub const OAUTH_HOST_VAR: &str = "CLAUDE_BOTTLE_OAUTH_TOKEN";
 pub const OAUTH_AGENT_VAR: &str = "CLAUDE_CODE_OAUTH_TOKEN";
 
 /// The port both sidecars listen on inside the bottle (pipelock's default).
-pub const SIDECAR_PORT: u16 = 8888;
+pub const SIDECAR_PORT: u16 = crate::egress::LISTEN_PORT;
 /// Where the per-run sidecar config is uploaded (an anonymous volume: the
 /// sidecar's root filesystem is read-only, and the engine refuses uploads there).
 pub const SIDECAR_CONFIG_DIR: &str = "/etc/bottle";

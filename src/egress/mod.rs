@@ -127,6 +127,15 @@ impl Classify for EgressError {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn listen_addr_and_port_agree() {
+        // The runner probes LISTEN_PORT; the sidecars bind LISTEN_ADDR.
+        assert_eq!(
+            super::LISTEN_ADDR.rsplit_once(':').map(|(_, p)| p),
+            Some(super::LISTEN_PORT.to_string().as_str())
+        );
+    }
+
+    #[test]
     fn sidecar_commands() {
         assert_eq!(
             super::pipelock_cmd("/run/bottle/egress.yaml"),
