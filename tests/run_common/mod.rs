@@ -74,22 +74,7 @@ pub async fn fixture(agent: &str, allow: &[&str]) -> Option<Fixture> {
         .push(&repo, None, &image, &store, &Progress::hidden())
         .await
         .unwrap_or_else(|e| panic!("push: {e:?}\n{}", reg.log()));
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("agents")).unwrap();
-    std::fs::create_dir_all(root.path().join("lockfiles")).unwrap();
-    let lock = serde_json::json!({
-        "schema": 1,
-        "agent": agent,
-        "policy": policy,
-        "image": { "repository": repo, "manifest_digest": image.manifest_digest },
-    });
-    std::fs::write(
-        root.path()
-            .join("lockfiles")
-            .join(format!("{agent}.lock.json")),
-        serde_json::to_string_pretty(&lock).unwrap(),
-    )
-    .unwrap();
+    let root = project_with_lockfile(&policy, &repo, &image.manifest_digest);
     Some(Fixture {
         reg,
         root,
@@ -576,6 +561,17 @@ pub fn lock_only_root(agent: &str, allow: &[&str], env: &[&str]) -> tempfile::Te
         },
         limits: Limits::default(),
     };
+    project_with_lockfile(
+        &policy,
+        &format!("bottle/{agent}"),
+        &format!("sha256:{}", "ab".repeat(32)),
+    )
+}
+
+/// A project root (`agents/`, `lockfiles/`) whose only content is the
+/// lockfile of `policy.agent`, locking `repo@digest`.
+fn project_with_lockfile(policy: &Policy, repo: &str, digest: &str) -> tempfile::TempDir {
+    let agent = &policy.agent;
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(root.path().join("agents")).unwrap();
     std::fs::create_dir_all(root.path().join("lockfiles")).unwrap();
@@ -583,10 +579,7 @@ pub fn lock_only_root(agent: &str, allow: &[&str], env: &[&str]) -> tempfile::Te
         "schema": 1,
         "agent": agent,
         "policy": policy,
-        "image": {
-            "repository": format!("bottle/{agent}"),
-            "manifest_digest": format!("sha256:{}", "ab".repeat(32)),
-        },
+        "image": { "repository": repo, "manifest_digest": digest },
     });
     std::fs::write(
         root.path()
