@@ -19,16 +19,10 @@ pub struct FetchCache {
     dir: PathBuf,
 }
 
-/// `$BOTTLE_CACHE_DIR` (the root shared with the blob store), else the XDG
-/// cache `bottle` folder.
+/// The cache root shared with the blob store (`$BOTTLE_CACHE_DIR`, else
+/// the XDG cache `bottle` folder).
 pub fn default_cache_root() -> PathBuf {
-    if let Some(dir) = std::env::var_os("BOTTLE_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    match dirs::cache_dir() {
-        Some(dir) => dir.join("bottle"),
-        None => PathBuf::from(".bottle-cache"),
-    }
+    crate::oci::store::cache_root()
 }
 
 impl FetchCache {

@@ -37,16 +37,22 @@ pub struct CachedLayer {
     pub size: u64,
 }
 
-/// Where the store lives when nothing else is said: `$BOTTLE_CACHE_DIR/oci`,
-/// else `<XDG cache>/bottle/oci`, else `./.bottle-cache/oci`.
-pub fn default_root() -> PathBuf {
+/// bottle's cache root, shared by the blob store and the fetch cache:
+/// `$BOTTLE_CACHE_DIR`, else `<XDG cache>/bottle`, else `./.bottle-cache`.
+pub fn cache_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("BOTTLE_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("oci");
+        return PathBuf::from(dir);
     }
     match dirs::cache_dir() {
-        Some(dir) => dir.join("bottle").join("oci"),
-        None => PathBuf::from(".bottle-cache").join("oci"),
+        Some(dir) => dir.join("bottle"),
+        None => PathBuf::from(".bottle-cache"),
     }
+}
+
+/// Where the store lives when nothing else is said: `oci/` under
+/// [`cache_root`].
+pub fn default_root() -> PathBuf {
+    cache_root().join("oci")
 }
 
 impl BlobStore {
