@@ -1,3 +1,7 @@
+//! Unit tests of manifest and recipe loading against small projects in temp
+//! dirs: defaults merged, every error naming file, field and line, paths
+//! kept inside the project.
+
 use std::fs;
 use std::path::Path;
 
