@@ -129,14 +129,7 @@ impl fmt::Display for Reference {
     }
 }
 
-/// `sha256:` + 64 lowercase hex.
-pub fn is_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64
-            && h.bytes()
-                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
-    })
-}
+pub use crate::oci::digest::is_digest;
 
 /// Docker's rule: `localhost`, or a component with a `.` or a `:` port.
 fn looks_like_registry(s: &str) -> bool {

@@ -179,13 +179,7 @@ impl Lockfile {
     }
 }
 
-pub fn is_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
+pub use crate::oci::digest::is_digest;
 
 #[cfg(test)]
 mod tests {

@@ -18,19 +18,22 @@ pub fn sha256_digest(bytes: &[u8]) -> Digest {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// Is `s` a well-formed `sha256:<64 lowercase hex>` digest? The one rule
+/// for lockfiles, references and the blob store.
+pub fn is_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// The hex part of a well-formed `sha256:<64 lowercase hex>` digest.
 pub fn hex_part(digest: &str) -> Result<&str, OciError> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .ok_or_else(|| OciError::InvalidDigest(digest.to_string()))?;
-    if hex.len() != 64
-        || !hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return Err(OciError::InvalidDigest(digest.to_string()));
+    match digest.strip_prefix("sha256:") {
+        Some(hex) if is_digest(digest) => Ok(hex),
+        _ => Err(OciError::InvalidDigest(digest.to_string())),
     }
-    Ok(hex)
 }
 
 /// Passes bytes through to `inner` while hashing and counting them, so a

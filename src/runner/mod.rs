@@ -163,7 +163,7 @@ pub struct LockFacts {
 /// Read the lockfile loosely: only the fields `run` needs (the builder owns
 /// the format).
 pub fn read_lock(root: &Path, agent: &str) -> Result<LockFacts, RunError> {
-    let path = root.join("lockfiles").join(format!("{agent}.lock.json"));
+    let path = root.join(crate::lock::lockfile::rel_path(agent));
     let err = |message: String| RunError::Lockfile {
         path: path.clone(),
         message,
