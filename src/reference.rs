@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+pub use crate::oci::digest::is_digest;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reference {
     /// `hello`: the digest comes from `lockfiles/hello.lock.json`.
@@ -128,8 +130,6 @@ impl fmt::Display for Reference {
         }
     }
 }
-
-pub use crate::oci::digest::is_digest;
 
 /// Docker's rule: `localhost`, or a component with a `.` or a `:` port.
 fn looks_like_registry(s: &str) -> bool {

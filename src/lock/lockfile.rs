@@ -16,6 +16,8 @@ use super::LockError;
 use crate::manifest::json;
 use crate::policy::{Policy, SidecarKind};
 
+pub use crate::oci::digest::is_digest;
+
 pub const LOCK_SCHEMA: u32 = 1;
 
 const LOCK_HELP: &str = "the lockfile is written by `bottle lock`: restore it with `git checkout -- <file>`, or delete it and run `bottle lock <agent>`";
@@ -178,8 +180,6 @@ impl Lockfile {
         Ok(())
     }
 }
-
-pub use crate::oci::digest::is_digest;
 
 #[cfg(test)]
 mod tests {
