@@ -121,7 +121,9 @@ impl Default for Limits {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("image has no `{POLICY_LABEL}` label: it was not built by `bottle lock`")]
+    #[error(
+        "image has no `{POLICY_LABEL}` label: it was not built by `bottle lock`; lock the agent with `bottle lock <agent>` and run the reference it prints"
+    )]
     Missing,
     #[error("policy label is not valid JSON for schema {POLICY_SCHEMA}: {0}")]
     Parse(#[from] serde_json::Error),
