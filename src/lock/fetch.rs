@@ -108,6 +108,7 @@ impl FetchCache {
         let dest = self.path(&actual);
         tmp.persist(&dest)
             .map_err(|e| LockError::io("cannot store", &dest, e.error))?;
+        crate::fsutil::sync_dir(&self.dir);
         Ok(actual)
     }
 }

@@ -130,6 +130,7 @@ pub fn write_archive_file(
         .map_err(|e| OciError::io("cannot fsync", path, e))?;
     temp.persist(path)
         .map_err(|e| OciError::io("cannot rename into", path, e.error))?;
+    crate::fsutil::sync_dir(dir);
     Ok(())
 }
 
