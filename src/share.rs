@@ -206,8 +206,14 @@ pub fn destination(to: &str) -> Result<(String, String), ShareError> {
             "repository path components are lowercase letters, digits, `.`, `_`, `-`",
         ));
     }
-    // Validates HOST[:PORT] the same way every registry call does.
-    RegistryClient::new(registry)?;
+    if !registry
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || b".-:[]".contains(&c))
+    {
+        return Err(bad(
+            "the registry is HOST[:PORT] (letters, digits, `.`, `-`, `:`)",
+        ));
+    }
     Ok((registry.to_string(), repo.to_string()))
 }
 
@@ -457,6 +463,8 @@ mod tests {
             "localhost:5001",
             "localhost:5001/Hello",
             "localhost:5001/a//b",
+            "http://localhost:5001/a",
+            "local_host:5001/a",
         ] {
             let e = destination(bad).unwrap_err();
             assert_eq!(e.exit_kind(), ExitKind::BadInput, "{bad}: {e}");
