@@ -51,16 +51,16 @@ pub enum ShareError {
          (e.g. localhost:5001/team/hello)"
     )]
     Destination { to: String, reason: String },
+    // The cause is in the message itself (not a `#[source]`), so the
+    // report does not print it twice.
     #[error(
-        "archive {}: {source}\n  help: the file is damaged or not written by `bottle export`; \
+        "archive {}: {cause}\n  help: the file is damaged or not written by `bottle export`; \
          export it again and copy it whole; nothing was stored or pushed",
         .path.display()
     )]
-    Archive {
-        path: PathBuf,
-        #[source]
-        source: OciError,
-    },
+    Archive { path: PathBuf, cause: OciError },
+    #[error("cannot open the archive {}: {cause}", .path.display())]
+    NoArchive { path: PathBuf, cause: io::Error },
     #[error(
         "archive {}: {reason}\n  help: export one image per file with `bottle export`; nothing was pushed",
         .path.display()
@@ -89,6 +89,7 @@ impl Classify for ShareError {
             ShareError::NoLockfile { .. }
             | ShareError::Destination { .. }
             | ShareError::Archive { .. }
+            | ShareError::NoArchive { .. }
             | ShareError::ArchiveShape { .. }
             | ShareError::NoAgent { .. } => ExitKind::BadInput,
         }
@@ -322,7 +323,7 @@ pub fn export(image: &BuiltImage, store: &BlobStore, path: &Path) -> Result<(), 
 fn verify_archive(path: &Path) -> Result<(), ShareError> {
     let archive_err = |source: OciError| ShareError::Archive {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let io_err = |e: io::Error| {
         archive_err(OciError::Io {
@@ -331,12 +332,9 @@ fn verify_archive(path: &Path) -> Result<(), ShareError> {
             source: e,
         })
     };
-    let file = File::open(path).map_err(|e| {
-        ShareError::Oci(OciError::Io {
-            action: "cannot open",
-            path: path.to_path_buf(),
-            source: e,
-        })
+    let file = File::open(path).map_err(|cause| ShareError::NoArchive {
+        path: path.to_path_buf(),
+        cause,
     })?;
     let mut ar = tar::Archive::new(BufReader::new(file));
     for entry in ar.entries().map_err(io_err)? {
@@ -377,7 +375,7 @@ pub fn read(path: &Path, store: &BlobStore) -> Result<BuiltImage, ShareError> {
     verify_archive(path)?;
     let archive_err = |source: OciError| ShareError::Archive {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let digests = read_archive_file(path, store).map_err(|e| match e {
         // Failures to write the store are the machine's, not the file's.

@@ -293,6 +293,12 @@ fn tags_and_bad_destinations_are_refused_and_unreachable_registries_are_exit_3()
     assert_eq!(o.code, 3, "{o:?}");
     assert!(o.stderr.contains("127.0.0.1:9"), "{o:?}");
 
+    // A missing archive is bad input naming the file.
+    let missing = out.path().join("missing.tar");
+    let o = p.bottle(&["import", missing.to_str().unwrap()], Some(&a), &[]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("missing.tar"), "{o:?}");
+
     // An agent without a lockfile is bad input that says what to run.
     let o = p.bottle(&["export", "nosuch", "-o", file], Some(&a), &[]);
     assert_eq!(o.code, 2, "{o:?}");
