@@ -314,6 +314,12 @@ pub fn export(image: &BuiltImage, store: &BlobStore, path: &Path) -> Result<(), 
         Err(_) => Vec::new(),
     };
     write_archive_file(image, store, &tags, path)?;
+    // The temp file behind the atomic write is 0600; an image archive is
+    // meant to be copied and loaded by others, like a lockfile.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644));
+    }
     Ok(())
 }
 

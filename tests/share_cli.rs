@@ -181,6 +181,11 @@ fn a_locked_bottle_moves_between_registries_and_machines_by_digest() {
         bytes == std::fs::read(&f3).unwrap(),
         "an export pulled from the registry differs from one from the blob store"
     );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&f1).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "archive mode {mode:o}");
+    }
     // No temp file is left beside the archive.
     let names: Vec<_> = std::fs::read_dir(out.path())
         .unwrap()
