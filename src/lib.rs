@@ -20,3 +20,4 @@ pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod runner;
+pub mod share;

@@ -225,7 +225,7 @@ fn resolve(req: &Request) -> Result<Target, RunError> {
             let repo = l
                 .as_ref()
                 .map(|l| l.repository.clone())
-                .unwrap_or_else(|| agent.clone());
+                .unwrap_or_else(|| crate::lock::repository(agent));
             let lock_policy = l.filter(|l| &l.digest == digest).and_then(|l| l.policy);
             Ok(Target {
                 repository: format!("{}/{}", req.registry, repo),
