@@ -28,13 +28,6 @@ impl CliError {
         CliError::new(ExitKind::BadInput, msg.into())
     }
 
-    /// A command the contract names but this build does not provide yet.
-    pub fn not_yet(command: &str) -> Self {
-        CliError::usage(format!(
-            "`bottle {command}` is not yet available in this version of bottle"
-        ))
-    }
-
     pub fn code(&self) -> u8 {
         self.kind.code()
     }

@@ -161,7 +161,7 @@ pub fn image_spec(exe: &Path) -> Result<ImageSpec, EgressError> {
 /// Build the image for `exe` into `store`.
 pub fn build_image(exe: &Path, store: &BlobStore) -> Result<BuiltImage, EgressError> {
     let spec = image_spec(exe)?;
-    crate::oci::build(&spec, store).map_err(|e| EgressError::Image(e.to_string()))
+    crate::oci::build(&spec, store).map_err(EgressError::Build)
 }
 
 /// Build the builtin sidecar image from the running executable, load it
@@ -170,7 +170,7 @@ pub fn build_image(exe: &Path, store: &BlobStore) -> Result<BuiltImage, EgressEr
 pub async fn ensure_builtin_image(docker: &Docker) -> Result<String, EgressError> {
     let exe = std::env::current_exe()
         .map_err(|e| EgressError::Image(format!("cannot find the running executable: {e}")))?;
-    let store = BlobStore::open_default().map_err(|e| EgressError::Image(e.to_string()))?;
+    let store = BlobStore::open_default().map_err(EgressError::Build)?;
     ensure_image_from(docker, &exe, &store).await
 }
 
@@ -187,7 +187,7 @@ pub async fn ensure_image_from(
     }
     let tag = image_tag(&id);
     let bytes = crate::oci::archive::archive_bytes(&image, store, std::slice::from_ref(&tag))
-        .map_err(|e| EgressError::Image(e.to_string()))?;
+        .map_err(EgressError::Build)?;
     let opts = bollard::query_parameters::ImportImageOptions {
         quiet: true,
         ..Default::default()

@@ -105,6 +105,10 @@ use the pipelock sidecar (`--sidecar pipelock`) or remove the section"
     Policy(String),
     #[error("builtin sidecar image: {0}")]
     Image(String),
+    /// Building or storing the image failed; keeps the builder's own class
+    /// (a full disk is the environment, not a failed check).
+    #[error("builtin sidecar image")]
+    Build(#[source] crate::oci::OciError),
     #[error("Docker engine: {0}")]
     Engine(String),
 }
@@ -120,6 +124,7 @@ impl Classify for EgressError {
             | EgressError::Listen { .. }
             | EgressError::Engine(_) => ExitKind::Environment,
             EgressError::Image(_) => ExitKind::Failure,
+            EgressError::Build(e) => e.exit_kind(),
         }
     }
 }
