@@ -220,7 +220,7 @@ async fn refuses_ip_literals_in_every_notation() {
         "[::ffff:127.0.0.1]:443",
         "[fe80::1%25eth0]:443",
         "169.254.169.254:443",
-        "8.8.8.8:443",
+        "203.0.113.8:443",
     ] {
         expect_denied(&mut w, target, 403, "IP literal").await;
     }

@@ -192,7 +192,7 @@ mod tests {
             "[::ffff:127.0.0.1]:443",
             "::1:443",
             "169.254.169.254:443",
-            "1.1.1.1.:443",
+            "198.51.100.1.:443",
         ] {
             let r = parse_authority(t, None).unwrap_err();
             assert!(r.reason.contains("IP literal"), "{t}: {}", r.reason);
@@ -234,7 +234,7 @@ mod tests {
             ("::1", true),
             ("::", true),
             ("::ffff:127.0.0.1", true),
-            ("::ffff:8.8.8.8", true),
+            ("::ffff:203.0.113.8", true),
             ("fc00::1", true),
             ("fd12::1", true),
             ("fe80::1", true),
