@@ -51,7 +51,7 @@ enum Command {
     Run(Box<run::Args>),
     /// List running bottles
     Ps(ps::Args),
-    /// Remove containers and networks left behind by bottles whose owning process is gone
+    /// Remove containers and networks left behind by bottles whose owning process is gone, and stale blob-store temp files
     Gc(gc::Args),
     /// Copy a locked image to another registry; the digest does not change
     Push(push::Args),
