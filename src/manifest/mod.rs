@@ -296,23 +296,16 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
         ));
     }
     let agent_dir = format!("agents/{name}");
-    let text = read_text(
+    let (doc, raw): (Doc, RawManifest) = Doc::load(
         root,
-        &file,
-        &file,
+        file,
         "create it, or check the agent name (`ls agents/`)",
+        MANIFEST_HELP,
+        MANIFEST_SCHEMA,
     )?;
-    let value = json::parse_value(&file, &text, MANIFEST_HELP)?;
-    check_schema(&file, &text, &value, MANIFEST_SCHEMA)?;
-    let raw: RawManifest = json::parse(&file, &text, MANIFEST_HELP)?;
+    let (file, text, value) = (doc.file.clone(), &doc.text, &doc.value);
     let bad = |field: &str, needle: Option<&str>, problem: String, help: &str| {
-        ManifestError::invalid(
-            &file,
-            needle.and_then(|n| json::locate(&text, n)),
-            field,
-            problem,
-            help,
-        )
+        doc.bad(field, needle, problem, help)
     };
 
     // image: a recipe name or an OCI reference.
@@ -415,7 +408,7 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
         let tree = tree::walk_dir(&abs).map_err(|w| {
             ManifestError::invalid(
                 &file,
-                json::locate(&text, s),
+                json::locate(text, s),
                 &field,
                 format!("`{source}/{}`: {}", w.rel, w.problem),
                 w.help,
@@ -563,7 +556,7 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
     Ok(Agent {
         name: name.to_string(),
         file,
-        canonical: json::canonical(&value),
+        canonical: json::canonical(value),
         recipe,
         skills,
         env,
@@ -578,18 +571,16 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
 /// Load and validate `images/<name>.json`.
 pub fn load_recipe(root: &Path, name: &str) -> Result<Recipe, ManifestError> {
     let file = format!("images/{name}.json");
-    let text = read_text(root, &file, &file, "create the recipe or fix the name")?;
-    let value = json::parse_value(&file, &text, RECIPE_HELP)?;
-    check_schema(&file, &text, &value, RECIPE_SCHEMA)?;
-    let raw: RawRecipe = json::parse(&file, &text, RECIPE_HELP)?;
+    let (doc, raw): (Doc, RawRecipe) = Doc::load(
+        root,
+        file,
+        "create the recipe or fix the name",
+        RECIPE_HELP,
+        RECIPE_SCHEMA,
+    )?;
+    let (file, value) = (doc.file.clone(), &doc.value);
     let bad = |field: &str, needle: Option<&str>, problem: String, help: &str| {
-        ManifestError::invalid(
-            &file,
-            needle.and_then(|n| json::locate(&text, n)),
-            field,
-            problem,
-            help,
-        )
+        doc.bad(field, needle, problem, help)
     };
     let from = if raw.from == "scratch" {
         From::Scratch
@@ -735,7 +726,7 @@ pub fn load_recipe(root: &Path, name: &str) -> Result<Recipe, ManifestError> {
     Ok(Recipe {
         name: name.to_string(),
         file: Some(file.clone()),
-        canonical: json::canonical(&value),
+        canonical: json::canonical(value),
         from,
         fetch,
         files,
@@ -746,6 +737,43 @@ pub fn load_recipe(root: &Path, name: &str) -> Result<Recipe, ManifestError> {
         entrypoint: raw.entrypoint,
         cmd: raw.cmd,
     })
+}
+
+/// One JSON document under validation: its project-relative name and its
+/// text, kept together so every error can name the file, field and line.
+struct Doc {
+    file: String,
+    text: String,
+    value: serde_json::Value,
+}
+
+impl Doc {
+    /// Read `file`, check its schema version first (so a future schema gets
+    /// that message, not an unknown-field one), then parse it strictly.
+    fn load<T: serde::de::DeserializeOwned>(
+        root: &Path,
+        file: String,
+        missing_help: &str,
+        parse_help: &str,
+        schema: u32,
+    ) -> Result<(Doc, T), ManifestError> {
+        let text = read_text(root, &file, &file, missing_help)?;
+        let value = json::parse_value(&file, &text, parse_help)?;
+        check_schema(&file, &text, &value, schema)?;
+        let raw = json::parse(&file, &text, parse_help)?;
+        Ok((Doc { file, text, value }, raw))
+    }
+
+    /// An invalid `field`, located at the first occurrence of `needle`.
+    fn bad(&self, field: &str, needle: Option<&str>, problem: String, help: &str) -> ManifestError {
+        ManifestError::invalid(
+            &self.file,
+            needle.and_then(|n| json::locate(&self.text, n)),
+            field,
+            problem,
+            help,
+        )
+    }
 }
 
 fn read_text(root: &Path, rel: &str, file: &str, help: &str) -> Result<String, ManifestError> {
