@@ -582,7 +582,13 @@ pub async fn rebuild_from_lock(
     let inputs = resolve::inputs(&agent, &pairs);
     let inputs_hash = resolve::inputs_hash(&base, sidecar_image.as_deref(), &inputs);
     if inputs_hash != lock.inputs_hash {
-        let diffs = diff_inputs(&lock.inputs, &inputs);
+        let mut diffs = diff_inputs(&lock.inputs, &inputs);
+        if diffs.is_empty() && problems.is_empty() {
+            // Fetch pins come from the lockfile itself, so a pin changed by
+            // hand only shows as a different inputs hash: name the input by
+            // comparing each pin with what its source has now.
+            diffs = changed_pins(ctx, &agent, &pairs, &file).await;
+        }
         if diffs.is_empty() && problems.is_empty() {
             problems.push(format!(
                 "inputs_hash: the lockfile says {}, the inputs give {inputs_hash} (builder format, base or sidecar pin differ)",
@@ -637,6 +643,34 @@ pub async fn rebuild_from_lock(
         report.problems = diff_images(&lock.image, &rebuilt, &store);
     }
     Ok((report, Some(built)))
+}
+
+/// One line per fetched input whose lockfile pin is not what its source
+/// gives (the source is read only when the pinned content is not cached).
+async fn changed_pins(
+    ctx: &Context,
+    agent: &Agent,
+    pairs: &[(String, String)],
+    file: &str,
+) -> Vec<String> {
+    let Ok(cache) = FetchCache::open(&ctx.cache_root) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (f, (_, hex)) in agent.recipe.fetch.iter().zip(pairs) {
+        match cache.ensure(&f.url, Some(hex), file, ctx.offline).await {
+            Err(LockError::FetchMismatch { actual, .. }) => out.push(format!(
+                "input `fetch:/{}` ({}) changed: lockfile sha256:{hex}, the source has sha256:{}",
+                f.dest,
+                f.url,
+                actual.trim_start_matches("sha256:")
+            )),
+            // Unreachable sources say nothing about the pin; the generic
+            // inputs-hash line stands.
+            _ => {}
+        }
+    }
+    out
 }
 
 /// One line per input that was added, removed or changed.
