@@ -35,7 +35,7 @@ pub type CliResult = Result<u8, CliError>;
     long_about = "bottle builds a content-hashed lockfile and a bit-for-bit reproducible OCI image \
 from an agent manifest (agents/<agent>/bottle.json), and runs that exact image by digest on its own \
 internal network whose only way out is an egress sidecar that allows only the locked hosts.",
-    after_help = "Start with:\n  bottle lock hello            build and push the example agent, print hello@sha256:…\n  bottle run --yes hello -- id run a command in it behind its egress sidecar"
+    after_help = "Start with:\n  bottle lock hello            build the example agent into the local store, print hello@sha256:…\n  bottle run --yes hello -- id run a command in it behind its egress sidecar"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -44,7 +44,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Resolve an agent manifest, build its image reproducibly, push it, write the lockfile; prints <agent>@sha256:…
+    /// Resolve an agent manifest, build its image reproducibly into the local store (and push it when a registry is named), write the lockfile; prints <agent>@sha256:…
     Lock(lock::Args),
     /// CI gate: is each lockfile up to date, and does a rebuild from it give the same digest? (exit 0/1)
     Check(check::Args),
@@ -58,7 +58,7 @@ enum Command {
     Push(push::Args),
     /// Write a locked image to an OCI archive (-o FILE.tar); the digest does not change
     Export(export::Args),
-    /// Load an OCI archive written by `bottle export` into the registry
+    /// Load an OCI archive written by `bottle export` into the local store (and push it when a registry is named)
     Import(import::Args),
     /// What this machine can do: engine, isolation, DNS fix, user namespaces, registry, store, disk (exit 0 when `run` will work)
     Doctor(doctor::Args),
