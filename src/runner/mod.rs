@@ -524,7 +524,7 @@ pub async fn execute(prepared: Prepared, interactive: bool) -> Result<Outcome, R
         }
     });
     let mut guard = Teardown::new();
-    let blocked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let blocked: Arc<Mutex<sidecar::BlockedLog>> = Arc::default();
 
     let result = start_and_run(&prepared, &mut guard, interactive, blocked.clone(), rx).await;
     let mut phases = Phases::new();
@@ -536,11 +536,10 @@ pub async fn execute(prepared: Prepared, interactive: bool) -> Result<Outcome, R
         Err(RunError::Stopped { signal, code }) => (code, Some(signal)),
         Err(e) => return Err(e),
     };
-    let hosts = blocked.lock().map(|v| v.clone()).unwrap_or_default();
     Ok(Outcome {
         code,
         signal,
-        blocked: sidecar::blocked_summary(&hosts),
+        blocked: blocked.lock().ok().and_then(|b| b.summary()),
         teardown_errors,
     })
 }
@@ -563,7 +562,7 @@ async fn start_and_run(
     prepared: &Prepared,
     guard: &mut Teardown,
     interactive: bool,
-    blocked: Arc<Mutex<Vec<String>>>,
+    blocked: Arc<Mutex<sidecar::BlockedLog>>,
     mut stop: StopRx,
 ) -> Result<u8, RunError> {
     let Prepared {
@@ -718,7 +717,7 @@ async fn start_sidecar(
     docker: &Docker,
     plan: &RunPlan,
     builtin: bool,
-    blocked: Arc<Mutex<Vec<String>>>,
+    blocked: Arc<Mutex<sidecar::BlockedLog>>,
     stop: &StopRx,
 ) -> Result<(), RunError> {
     let name = &plan.sidecar.name;
@@ -746,7 +745,7 @@ async fn start_sidecar(
                 }
                 if let Some(h) = sidecar::blocked_host(&line) {
                     if let Ok(mut b) = blocked.lock() {
-                        b.push(h);
+                        b.record(&h);
                     }
                 }
                 if let Ok(mut t) = tail_w.lock() {
