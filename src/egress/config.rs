@@ -67,16 +67,21 @@ pub const PIPELOCK_SECTIONS: &[&str] = &[
     "response_scanning",
     "mcp_input_scanning",
     "mcp_tool_scanning",
+    "mcp_data_class_labels",
     "mcp_tool_policy",
+    "defer",
     "git_protection",
     "logging",
     "session_profiling",
     "adaptive_enforcement",
     "mcp_session_binding",
     "request_body_scanning",
+    "request_policy",
     "kill_switch",
+    "health_watchdog",
     "sentry",
     "metrics_listen",
+    "containment",
     "emit",
     "tool_chain_detection",
     "mcp_ws_listener",
@@ -90,19 +95,36 @@ pub const PIPELOCK_SECTIONS: &[&str] = &[
     "file_sentry",
     "sandbox",
     "flight_recorder",
+    "evidence_provenance",
+    "dashboard_snapshot",
     "mcp_binary_integrity",
     "mcp_tool_provenance",
     "behavioral_baseline",
     "airlock",
     "browser_shield",
+    "media_policy",
     "a2a_scanning",
+    "taint",
+    "mediation_envelope",
+    "redaction",
+    "learn",
+    "guard",
+    "learn_lock",
+    "conductor",
     "agents",
+    "default_agent_identity",
+    "bind_default_agent_identity",
     "license_key",
     "license_file",
+    "license_crl_file",
+    "license_intermediate_file",
+    "license_require_intermediate",
+    "license_crl_max_age",
     "license_public_key",
     "internal",
     "trusted_domains",
     "ssrf",
+    "dns",
 ];
 
 /// The subset of pipelock's config that bottle writes and `bottle proxy` reads.
@@ -210,14 +232,14 @@ impl EgressConfig {
             patterns.insert(p);
         }
         let mut allow = host::canonical_list(&patterns);
-        // Every allowed pattern is exempt from the entropy check: the
-        // allowlist is the boundary, and pipelock checks entropy only on names
-        // that already passed it.
-        let subdomain_entropy_exclusions = allow.clone();
         let blocklist = apex_blocklist(&patterns);
         if allow.is_empty() {
             allow.push(DENY_ALL_SENTINEL.to_string());
         }
+        // Every allowlist entry is exempt from the entropy check: the
+        // allowlist is the boundary, and pipelock checks entropy only on names
+        // that already passed it.
+        let subdomain_entropy_exclusions = allow.clone();
         let mut trusted = BTreeSet::new();
         for t in &opts.trusted {
             let p = Pattern::parse(t)
