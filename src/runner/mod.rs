@@ -743,10 +743,8 @@ async fn start_sidecar(
                 if sidecar::is_ready_line(&line) {
                     let _ = ready_tx.send(true);
                 }
-                if let Some(h) = sidecar::blocked_host(&line) {
-                    if let Ok(mut b) = blocked.lock() {
-                        b.record(&h);
-                    }
+                if let Ok(mut b) = blocked.lock() {
+                    b.observe(&line);
                 }
                 if let Ok(mut t) = tail_w.lock() {
                     t.push(line);

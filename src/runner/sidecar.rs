@@ -35,7 +35,8 @@ pub fn config(policy: &Policy, plan: &RunPlan) -> Result<String, EgressError> {
 /// - builtin (`bottle proxy`): `{"event":"decision","verdict":"deny","host":…}`;
 /// - pipelock (its audit log, zerolog JSON):
 ///   `{"event":"blocked","method":"CONNECT","target":"host:443",…}` for a
-///   tunnel, `"url":"http://host/…"` for plain HTTP; `ws_blocked` likewise.
+///   tunnel, `"url":"http://host/…"` for plain HTTP; `ws_blocked` likewise;
+///   `sni_mismatch` (a tunnel cut for its ClientHello) names `connect_host`.
 ///
 /// The host comes from the agent's request, so it is cut to a DNS name's
 /// length and stripped of anything a terminal would interpret.
@@ -43,7 +44,7 @@ pub fn blocked_host(line: &str) -> Option<String> {
     let v: Value = serde_json::from_str(line.trim()).ok()?;
     let field = |k: &str| v.get(k).and_then(Value::as_str);
     let refused = match field("event") {
-        Some("blocked" | "ws_blocked") => true,
+        Some("blocked" | "ws_blocked" | "sni_mismatch") => true,
         _ => ["decision", "action", "verdict", "result"]
             .iter()
             .find_map(|k| field(k))
@@ -57,7 +58,7 @@ pub fn blocked_host(line: &str) -> Option<String> {
     if !refused {
         return None;
     }
-    let host = if let Some(h) = field("host") {
+    let host = if let Some(h) = field("host").or_else(|| field("connect_host")) {
         h.to_string()
     } else if let Some(t) = field("target").or_else(|| field("authority")) {
         authority_host(t)
@@ -130,12 +131,26 @@ impl BlockedLog {
         } else {
             host.to_string()
         };
+        let mut host = host;
+        host.shrink_to_fit();
         if let Some(n) = self.per_host.get_mut(&host) {
             *n += 1;
         } else if self.per_host.len() < MAX_HOSTS {
             self.per_host.insert(host, 1);
         } else {
             self.unlisted_requests += 1;
+        }
+    }
+
+    /// Read one line of the sidecar's output: count it when it is a
+    /// refusal (see [`blocked_host`]). Returns whether it was one.
+    pub fn observe(&mut self, line: &str) -> bool {
+        match blocked_host(line) {
+            Some(h) => {
+                self.record(&h);
+                true
+            }
+            None => false,
         }
     }
 
