@@ -86,7 +86,7 @@ fn malformed_requests_with_huge_userinfo_keep_the_hosts_state_bounded() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _guard = Kill(child.id());
+    let guard = Kill(child.id());
     let mut lines = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     lines.read_line(&mut first).unwrap();
@@ -123,7 +123,8 @@ fn malformed_requests_with_huge_userinfo_keep_the_hosts_state_bounded() {
                 for i in (t..REQUESTS).step_by(4) {
                     let mut s = TcpStream::connect(addr).unwrap();
                     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                    let req = format!("CONNECT u{i:05}{pad}@h{i}.allowed.test:443 HTTP/1.1\r\n\r\n");
+                    let req =
+                        format!("CONNECT u{i:05}{pad}@h{i}.allowed.test:443 HTTP/1.1\r\n\r\n");
                     s.write_all(req.as_bytes()).unwrap();
                     let mut status = [0u8; 12];
                     s.read_exact(&mut status).unwrap();
@@ -137,7 +138,10 @@ fn malformed_requests_with_huge_userinfo_keep_the_hosts_state_bounded() {
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while log.lock().unwrap().requests() < REQUESTS as u64 {
-        assert!(Instant::now() < deadline, "decision lines did not all arrive");
+        assert!(
+            Instant::now() < deadline,
+            "decision lines did not all arrive"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let sent = started.elapsed();
@@ -151,7 +155,10 @@ fn malformed_requests_with_huge_userinfo_keep_the_hosts_state_bounded() {
     // Exact counts, capped hosts, bounded bytes.
     assert_eq!(log.requests(), REQUESTS as u64);
     let bound = MAX_HOSTS * (256 + 96);
-    assert!(held <= bound, "accounting holds {held} bytes, bound {bound}");
+    assert!(
+        held <= bound,
+        "accounting holds {held} bytes, bound {bound}"
+    );
     // The old approach (every refused host string kept) is far past it.
     assert!(raw > 100 * bound, "{raw}");
     let summary = log.summary().unwrap();
@@ -162,4 +169,6 @@ fn malformed_requests_with_huge_userinfo_keep_the_hosts_state_bounded() {
         "{summary}"
     );
     assert!(summary.len() < 2_000, "{}", summary.len());
+    drop(guard);
+    let _ = child.wait();
 }

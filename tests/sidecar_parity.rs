@@ -126,17 +126,27 @@ async fn builtin_table() -> Table {
     out
 }
 
-/// Differences between the builtin's table and the model on `config`:
-/// (row, kind of difference or None when undocumented).
-fn differences(
-    table: &Table,
-    config: &Value,
-) -> Vec<(
-    (String, Kind, u16),
-    Result<(), String>,
-    Verdict,
-    Option<&'static str>,
-)> {
+/// One row on which the sidecars disagree.
+struct Diff {
+    row: (String, Kind, u16),
+    builtin: Result<(), String>,
+    pipelock: Verdict,
+    /// The documented kind of difference, or None.
+    kind: Option<&'static str>,
+}
+
+impl std::fmt::Debug for Diff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?}: builtin {:?}, pipelock {:?}",
+            self.row, self.builtin, self.pipelock
+        )
+    }
+}
+
+/// Differences between the builtin's table and the model on `config`.
+fn differences(table: &Table, config: &Value) -> Vec<Diff> {
     table
         .iter()
         .filter_map(|(row, b)| {
@@ -145,7 +155,12 @@ fn differences(
                 (b, pl),
                 (Ok(()), Verdict::Allow) | (Err(_), Verdict::Deny(_))
             );
-            (!same).then(|| (row.clone(), b.clone(), pl, classify(b, pl)))
+            (!same).then(|| Diff {
+                row: row.clone(),
+                builtin: b.clone(),
+                pipelock: pl,
+                kind: classify(b, pl),
+            })
         })
         .collect()
 }
@@ -157,7 +172,7 @@ async fn both_sidecars_decide_the_same_table_alike_except_documented_differences
     let table = builtin_table().await;
 
     let diffs = differences(&table, &config);
-    let undocumented: Vec<_> = diffs.iter().filter(|d| d.3.is_none()).collect();
+    let undocumented: Vec<_> = diffs.iter().filter(|d| d.kind.is_none()).collect();
     assert!(
         undocumented.is_empty(),
         "new differences between the builtin and pipelock (fix them or document them in the README and DOCUMENTED): {undocumented:#?}"
@@ -169,7 +184,7 @@ async fn both_sidecars_decide_the_same_table_alike_except_documented_differences
             "README's sidecar table lacks the `{kind}` difference: `{text}`"
         );
         assert!(
-            diffs.iter().any(|d| d.3 == Some(kind)),
+            diffs.iter().any(|d| d.kind == Some(kind)),
             "`{kind}` is documented but no longer differs: drop it from README and DOCUMENTED"
         );
     }
@@ -211,7 +226,7 @@ async fn both_sidecars_decide_the_same_table_alike_except_documented_differences
             assert_ne!(model::decide(&config, name), Verdict::Allow, "{name}");
         }
     }
-    let ports: usize = diffs.iter().filter(|d| d.3 == Some("port")).count();
+    let ports: usize = diffs.iter().filter(|d| d.kind == Some("port")).count();
     assert!(ports > 0);
 
     // The same comparison against the config bottle generated before the
@@ -220,8 +235,8 @@ async fn both_sidecars_decide_the_same_table_alike_except_documented_differences
         serde_json::from_str(include_str!("data/pipelock-config-before-fix-nested.json")).unwrap();
     let old: Vec<String> = differences(&table, &before)
         .into_iter()
-        .filter(|d| d.3.is_none())
-        .map(|d| d.0.0)
+        .filter(|d| d.kind.is_none())
+        .map(|d| d.row.0)
         .collect();
     assert!(old.iter().any(|n| n == "a.example.com"), "{old:?}");
 }
