@@ -1,6 +1,11 @@
 //! The runner's view of the egress sidecar: which image, which command, the
 //! per-run config text, and how to read its decision log. The config format
 //! and the builtin image belong to `egress`; this file only adapts them.
+//!
+//! Invariant: what the runner keeps from the decision log ([`BlockedLog`])
+//! is bounded whatever the agent sends: request counts are exact, hosts are
+//! capped in number and length and reduced to printable ASCII, so neither
+//! the host's memory nor its terminal is the agent's to fill.
 
 use serde_json::Value;
 
