@@ -24,7 +24,7 @@ const ALLOW: &[&str] = &["*.a.example.com", "*.cdn.test", "*.example.com", "api.
 const SSH: &[&str] = &["git.test"];
 
 /// Exact, wildcard, nested wildcard, apexes, lookalikes, case and trailing
-/// dot, punycode, a high-entropy label under a wildcard.
+/// dot, punycode, a high-entropy label under a wildcard, IP literals.
 const NAMES: &[&str] = &[
     "api.test",
     "API.Test.",
@@ -42,6 +42,8 @@ const NAMES: &[&str] = &[
     "k7qz2xw9rtv4mnb8hjy3dfgs.cdn.test",
     "git.test",
     "evil.test",
+    "127.0.0.1",
+    "2130706433",
 ];
 
 /// How a request reaches the proxy.
@@ -217,6 +219,8 @@ async fn both_sidecars_decide_the_same_table_alike_except_documented_differences
         "example.co",
         "cdn.test",
         "evil.test",
+        "127.0.0.1",
+        "2130706433",
     ] {
         for &(kind, port) in REQUESTS {
             assert!(
