@@ -32,7 +32,7 @@ fn assert_too_large(out: &Output, source: &str) {
     assert_eq!(out.status.code(), Some(2), "{source}: {out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(source) && err.contains("larger than 1024 KiB"),
+        err.contains(source) && err.contains("larger than 1 MiB"),
         "stderr names neither the source nor the limit: {err}"
     );
     assert!(out.stdout.is_empty(), "nothing served: {out:?}");

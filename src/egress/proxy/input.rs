@@ -52,9 +52,9 @@ async fn read_bounded(source: impl AsyncRead + Unpin, name: &str) -> Result<Vec<
         return Err(EgressError::Config {
             path: name.to_string(),
             msg: format!(
-                "larger than {} KiB, the limit for an egress config (the one `bottle` \
-generates is a few KiB); pass that file, not this one",
-                MAX_CONFIG_BYTES / 1024
+                "larger than {} MiB, the limit for an egress config (a config `bottle` \
+generates is a few KiB); check that --config names the file `bottle` wrote",
+                MAX_CONFIG_BYTES >> 20
             ),
         });
     }
