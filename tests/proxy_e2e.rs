@@ -699,6 +699,16 @@ async fn failed_and_timed_out_requests_get_one_decision_line() {
         let d = one_line(&mut w, host).await;
         assert!(reason(&d).contains(why), "{d}");
     }
+    // What a wildcard entry lets an agent make the sidecar look up is a
+    // hostname: a label over 63 bytes or a name over 253 is refused unresolved.
+    let long_label = format!("{}.example.com:443", "a".repeat(64));
+    let long_name = format!("{}.example.com:443", vec!["a".repeat(63); 4].join("."));
+    for target in [&long_label, &long_name] {
+        let (got, _) = connect(w.proxy.addr, target).await;
+        assert_eq!(got, 403, "{target}");
+        let d = one_line(&mut w, target).await;
+        assert!(reason(&d).contains("invalid host"), "{d}");
+    }
     // A tunnel whose client never sends its ClientHello.
     let (code, _s) = connect(w.proxy.addr, "tls.example.com:443").await;
     assert_eq!(code, 200);
