@@ -2,8 +2,8 @@
 //! request.
 //!
 //! hyper drops a request's future when the client goes away mid-request (an
-//! aborted `printf … | nc`), and the runtime drops a tunnel's task when the
-//! proxy stops; code after an `.await` then never runs. So the line is not
+//! aborted `printf … | nc`), and a stopping proxy's runtime drops the tasks
+//! of open tunnels; code after an `.await` then never runs. So the line is not
 //! left to the end of the handler: a [`Pending`] is made as soon as a request
 //! reaches the handler, [`Pending::finish`] writes the line (and consumes
 //! it), and `Drop` writes it instead if the request ended first, saying what
