@@ -6,6 +6,7 @@
 //! edges, each behind one module. Only `cli` prints, prompts or exits.
 
 pub mod cli;
+pub mod debian;
 pub mod egress;
 pub mod engine;
 pub mod error;
