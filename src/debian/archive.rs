@@ -141,7 +141,7 @@ async fn load_source(
         pkgs.extend(parse_packages(&text, arch, &s.suite, &origin)?);
     }
     let suite = LockedSuite {
-        suite: if rel.suite.is_empty() { s.suite.clone() } else { rel.suite },
+        suite: s.suite.clone(),
         codename: rel.codename,
         date: rel.date,
     };

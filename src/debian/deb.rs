@@ -161,7 +161,7 @@ fn entries(tar_bytes: &[u8]) -> Result<BTreeMap<String, Entry>, String> {
                     .ok_or_else(|| format!("symlink `{raw}` has no UTF-8 target"))?;
                 let moved = !raw.trim_start_matches("./").starts_with("usr/")
                     && path.starts_with("usr/");
-                let t = if moved && !t.starts_with('/') {
+                let t = if moved && !t.starts_with('/') && t.split('/').any(|c| c == "..") {
                     let dir = raw.rsplit_once('/').map_or("", |(d, _)| d);
                     absolute(dir, &t)
                         .ok_or_else(|| format!("symlink `{raw}` -> `{t}` leaves the root"))?

@@ -72,9 +72,9 @@ pub(crate) fn parse_relations(s: &str) -> Result<Vec<Vec<Dep>>, String> {
     for group in s.split(',').map(str::trim).filter(|g| !g.is_empty()) {
         let mut alts = Vec::new();
         for alt in group.split('|').map(str::trim) {
-            // Architecture lists and build profiles do not occur in binary
-            // indexes; drop them if they do rather than misparse.
-            let alt = alt.split(['[', '<']).next().unwrap_or("").trim();
+            // Architecture lists do not occur in binary indexes; drop one
+            // if it does rather than misparse.
+            let alt = alt.split('[').next().unwrap_or("").trim();
             let (name, rel) = match alt.split_once('(') {
                 Some((n, r)) => {
                     let r = r.trim_end().trim_end_matches(')').trim();
