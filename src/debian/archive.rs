@@ -129,7 +129,12 @@ async fn load_source(
         };
         let index_url = format!("{}/dists/{}/{path}", s.uri, s.suite);
         let hex = cache
-            .ensure(&index_url, Some(&sha), &format!("the signed {url}"), offline)
+            .ensure(
+                &index_url,
+                Some(&sha),
+                &format!("the signed {url}"),
+                offline,
+            )
             .await?;
         let raw = std::fs::read(cache.path(&hex))
             .map_err(|e| LockError::io("cannot read", &cache.path(&hex), e))?;
@@ -181,7 +186,10 @@ pub async fn pin(
         return Ok(o.clone());
     }
     let sources = sources_for(p)?;
-    notes.push(format!("resolving {} Debian packages for {arch}", p.include.len()));
+    notes.push(format!(
+        "resolving {} Debian packages for {arch}",
+        p.include.len()
+    ));
     let mut suites = Vec::new();
     let mut universe = Vec::new();
     for s in &sources {
@@ -194,7 +202,11 @@ pub async fn pin(
     let jobs: Vec<(String, String, String)> = chosen
         .iter()
         .map(|c| {
-            let uri = &sources.iter().find(|s| s.suite == c.suite).expect("listed").uri;
+            let uri = &sources
+                .iter()
+                .find(|s| s.suite == c.suite)
+                .expect("listed")
+                .uri;
             (
                 format!("{uri}/{}", c.filename),
                 c.sha256.clone(),
@@ -258,7 +270,10 @@ pub async fn ensure_debs(
     }
     futures_util::stream::iter(jobs)
         .map(|(url, x)| async move {
-            match cache.ensure(&url, Some(&x.sha256), pinned_by, offline).await {
+            match cache
+                .ensure(&url, Some(&x.sha256), pinned_by, offline)
+                .await
+            {
                 Err(e @ LockError::FetchMismatch { .. }) => Err(e),
                 Err(e) => Err(LockError::from(DebError::NotServed {
                     package: x.name.clone(),

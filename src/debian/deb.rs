@@ -114,7 +114,10 @@ fn image_path(raw: &str) -> Result<Option<String>, String> {
 /// Absolute, lexically normalized form of `target` seen from `dir`
 /// (an original, not yet merged, folder of the package).
 fn absolute(dir: &str, target: &str) -> Option<String> {
-    let mut stack: Vec<&str> = dir.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
+    let mut stack: Vec<&str> = dir
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
     for c in target.split('/') {
         match c {
             "" | "." => {}
@@ -159,8 +162,8 @@ fn entries(tar_bytes: &[u8]) -> Result<BTreeMap<String, Entry>, String> {
                     .map_err(|e| e.to_string())?
                     .and_then(|t| t.to_str().map(str::to_string))
                     .ok_or_else(|| format!("symlink `{raw}` has no UTF-8 target"))?;
-                let moved = !raw.trim_start_matches("./").starts_with("usr/")
-                    && path.starts_with("usr/");
+                let moved =
+                    !raw.trim_start_matches("./").starts_with("usr/") && path.starts_with("usr/");
                 let t = if moved && !t.starts_with('/') && t.split('/').any(|c| c == "..") {
                     let dir = raw.rsplit_once('/').map_or("", |(d, _)| d);
                     absolute(dir, &t)
@@ -182,7 +185,11 @@ fn entries(tar_bytes: &[u8]) -> Result<BTreeMap<String, Entry>, String> {
                         kind: EntryKind::File(f),
                         ..
                     }) => EntryKind::File(f.clone()),
-                    _ => return Err(format!("hard link `{raw}` -> `{t}`: no such file before it")),
+                    _ => {
+                        return Err(format!(
+                            "hard link `{raw}` -> `{t}`: no such file before it"
+                        ));
+                    }
                 }
             }
             other => {
@@ -275,13 +282,19 @@ pub(crate) mod tests {
         for comp in ["", "gz", "xz", "zst"] {
             let deb = make_deb(
                 &[("./bin/tool", b"x"), ("./usr/share/doc/t/c", b"d")],
-                &[("./lib/x86_64-linux-gnu/libz.so", "../../usr/lib/z"), ("./bin/sh", "tool")],
+                &[
+                    ("./lib/x86_64-linux-gnu/libz.so", "../../usr/lib/z"),
+                    ("./bin/sh", "tool"),
+                ],
                 comp,
             );
             let (m, control) = unpack(&deb, "t").unwrap();
             assert!(control.starts_with("Package: t\n"));
             let tool = &m["usr/bin/tool"];
-            assert!(matches!(&tool.kind, EntryKind::File(FileSource::Bytes(b)) if b == b"x"), "{comp}");
+            assert!(
+                matches!(&tool.kind, EntryKind::File(FileSource::Bytes(b)) if b == b"x"),
+                "{comp}"
+            );
             assert_eq!(m["usr/bin/sh"].kind, EntryKind::Symlink("tool".into()));
             assert_eq!(
                 m["usr/lib/x86_64-linux-gnu/libz.so"].kind,

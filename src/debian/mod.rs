@@ -30,25 +30,37 @@ use crate::error::{Classify, ExitKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DebError {
-    #[error("{file}: {problem}\n  help: fix the apt source, or name an archive in the recipe's `packages.archive`")]
+    #[error(
+        "{file}: {problem}\n  help: fix the apt source, or name an archive in the recipe's `packages.archive`"
+    )]
     Sources { file: String, problem: String },
-    #[error("keyring {file}: {problem}\n  help: the source's Signed-By must name a readable OpenPGP keyring (for Debian: install debian-archive-keyring)")]
+    #[error(
+        "keyring {file}: {problem}\n  help: the source's Signed-By must name a readable OpenPGP keyring (for Debian: install debian-archive-keyring)"
+    )]
     Keyring { file: String, problem: String },
-    #[error("{url}: signature refused: {problem}\n  help: the archive is not signed by a key its source trusts; check the mirror and the Signed-By keyring")]
+    #[error(
+        "{url}: signature refused: {problem}\n  help: the archive is not signed by a key its source trusts; check the mirror and the Signed-By keyring"
+    )]
     Signature { url: String, problem: String },
     #[error("{url}: {problem}")]
     Release { url: String, problem: String },
-    #[error("{url}: the suite expired (Valid-Until: {valid_until})\n  help: the mirror serves stale metadata; use an up-to-date mirror")]
+    #[error(
+        "{url}: the suite expired (Valid-Until: {valid_until})\n  help: the mirror serves stale metadata; use an up-to-date mirror"
+    )]
     Expired { url: String, valid_until: String },
     #[error("{file}: {problem}")]
     Index { file: String, problem: String },
-    #[error("{url}: the signed InRelease of {suite} does not list `{path}` for this architecture and component")]
+    #[error(
+        "{url}: the signed InRelease of {suite} does not list `{path}` for this architecture and component"
+    )]
     NoIndex {
         url: String,
         suite: String,
         path: String,
     },
-    #[error("package `{name}`: {problem}\n  help: check the name in the recipe's `packages.include` (`apt-cache policy {name}`)")]
+    #[error(
+        "package `{name}`: {problem}\n  help: check the name in the recipe's `packages.include` (`apt-cache policy {name}`)"
+    )]
     Request { name: String, problem: String },
     #[error("unresolvable dependency: {chain}: nothing in the archive satisfies it")]
     Missing { chain: String },
@@ -65,7 +77,9 @@ pub enum DebError {
         path: String,
         reason: String,
     },
-    #[error("the lockfile pins packages from suite `{suite}`, but no apt source or recipe archive serves it\n  help: add the suite to the apt sources, or run `bottle lock --update`")]
+    #[error(
+        "the lockfile pins packages from suite `{suite}`, but no apt source or recipe archive serves it\n  help: add the suite to the apt sources, or run `bottle lock --update`"
+    )]
     NoSuite { suite: String },
     #[error("platform `{0}` has no Debian architecture\n  help: set `packages.arch` in the recipe")]
     Platform(String),

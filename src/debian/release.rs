@@ -18,7 +18,6 @@ use super::index::{field, paragraphs};
 /// The verified content of one `InRelease`.
 #[derive(Debug, Clone)]
 pub(crate) struct Release {
-    pub suite: String,
     pub codename: String,
     /// As written (`Sat, 10 May 2025 09:04:05 UTC`).
     pub date: String,
@@ -63,7 +62,11 @@ pub(crate) fn load_keys(files: &[PathBuf]) -> Result<Vec<SignedPublicKey>, DebEr
 }
 
 /// Verify `bytes` (an `InRelease`) with `keys` and return the signed text.
-pub(crate) fn verify(bytes: &[u8], keys: &[SignedPublicKey], url: &str) -> Result<String, DebError> {
+pub(crate) fn verify(
+    bytes: &[u8],
+    keys: &[SignedPublicKey],
+    url: &str,
+) -> Result<String, DebError> {
     let bad = |problem: String| DebError::Signature {
         url: url.to_string(),
         problem,
@@ -125,7 +128,6 @@ pub(crate) fn parse(text: &str, url: &str, now: u64) -> Result<Release, DebError
         return Err(bad("lists no SHA256 index hashes".into()));
     }
     Ok(Release {
-        suite: field(&p, "Suite").unwrap_or("").to_string(),
         codename: field(&p, "Codename").unwrap_or("").to_string(),
         date,
         sha256,
@@ -146,7 +148,10 @@ pub(crate) fn parse_date(s: &str) -> Option<u64> {
     let m = months.iter().position(|x| *x == mon)? as i64 + 1;
     let d: i64 = d.parse().ok()?;
     let y: i64 = y.parse().ok()?;
-    let t: Vec<i64> = hms.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let t: Vec<i64> = hms
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
     let [hh, mm, ss] = t[..] else { return None };
     // Days from civil (Howard Hinnant's algorithm).
     let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
@@ -165,7 +170,10 @@ mod tests {
     #[test]
     fn dates_parse_to_epoch_seconds() {
         assert_eq!(parse_date("Thu, 01 Jan 1970 00:00:00 UTC"), Some(0));
-        assert_eq!(parse_date("Sat, 10 May 2025 09:04:05 UTC"), Some(1_746_867_845));
+        assert_eq!(
+            parse_date("Sat, 10 May 2025 09:04:05 UTC"),
+            Some(1_746_867_845)
+        );
         assert_eq!(parse_date("garbage"), None);
     }
 

@@ -276,7 +276,11 @@ fn requested(u: &Universe<'_>, r: &Request) -> Result<usize, DebError> {
         problem,
     };
     let Some(cands) = u.by_name.get(r.name.as_str()) else {
-        let prov = u.providers.get(r.name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        let prov = u
+            .providers
+            .get(r.name.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         return match prov {
             [(i, _)] if r.version.is_none() => Ok(*i),
             [] => Err(missing("no index of the archive lists it".into())),
@@ -342,7 +346,9 @@ mod tests {
     }
 
     fn names(v: &[&Package]) -> Vec<String> {
-        v.iter().map(|p| format!("{}={}", p.name, p.version)).collect()
+        v.iter()
+            .map(|p| format!("{}={}", p.name, p.version))
+            .collect()
     }
 
     fn req(s: &[&str]) -> Vec<Request> {

@@ -32,12 +32,24 @@ use crate::oci::spec::{Entry, EntryKind, FileSource, LayerSpec};
 /// `(link, candidates in priority order)`, as the packages' postinst
 /// scripts register them with `update-alternatives`.
 pub(crate) const ALTERNATIVES: &[(&str, &[&str])] = &[
-    ("usr/bin/awk", &["usr/bin/gawk", "usr/bin/mawk", "usr/bin/original-awk"]),
-    ("usr/bin/nawk", &["usr/bin/gawk", "usr/bin/mawk", "usr/bin/original-awk"]),
+    (
+        "usr/bin/awk",
+        &["usr/bin/gawk", "usr/bin/mawk", "usr/bin/original-awk"],
+    ),
+    (
+        "usr/bin/nawk",
+        &["usr/bin/gawk", "usr/bin/mawk", "usr/bin/original-awk"],
+    ),
     ("usr/bin/pager", &["usr/bin/less", "usr/bin/more"]),
     ("usr/bin/which", &["usr/bin/which.debianutils"]),
-    ("usr/bin/editor", &["usr/bin/vim.basic", "usr/bin/nano", "usr/bin/vim.tiny"]),
-    ("usr/bin/vi", &["usr/bin/vim.basic", "usr/bin/vim.tiny", "usr/bin/nvi"]),
+    (
+        "usr/bin/editor",
+        &["usr/bin/vim.basic", "usr/bin/nano", "usr/bin/vim.tiny"],
+    ),
+    (
+        "usr/bin/vi",
+        &["usr/bin/vim.basic", "usr/bin/vim.tiny", "usr/bin/nvi"],
+    ),
 ];
 
 /// One unpacked package.
@@ -98,8 +110,14 @@ pub(crate) fn layers(pkgs: &[Unpacked], local_ca: &[(String, Vec<u8>)]) -> Vec<L
             sys.insert((*m).to_string(), link(m, &target));
         }
     }
-    sys.insert("var/lib/dpkg/status".into(), bytes("var/lib/dpkg/status", status(pkgs)));
-    sys.insert("var/lib/dpkg/available".into(), bytes("var/lib/dpkg/available", vec![]));
+    sys.insert(
+        "var/lib/dpkg/status".into(),
+        bytes("var/lib/dpkg/status", status(pkgs)),
+    );
+    sys.insert(
+        "var/lib/dpkg/available".into(),
+        bytes("var/lib/dpkg/available", vec![]),
+    );
     for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
         sys.insert(
             d.into(),
@@ -121,7 +139,13 @@ pub(crate) fn layers(pkgs: &[Unpacked], local_ca: &[(String, Vec<u8>)]) -> Vec<L
             continue;
         }
         if let Some(c) = cands.iter().find(|c| {
-            matches!(all.get(**c), Some(Entry { kind: EntryKind::File(_) | EntryKind::Symlink(_), .. }))
+            matches!(
+                all.get(**c),
+                Some(Entry {
+                    kind: EntryKind::File(_) | EntryKind::Symlink(_),
+                    ..
+                })
+            )
         }) {
             sys.insert((*l).to_string(), link(l, &format!("/{c}")));
         }
@@ -207,22 +231,49 @@ mod tests {
     #[test]
     fn system_layer_has_status_bundle_links_and_alternatives() {
         let pkgs = [
-            pkg("ca-certificates", &[("usr/share/ca-certificates/mozilla/B.crt", b"B"), ("usr/share/ca-certificates/mozilla/A.crt", b"A\n")]),
+            pkg(
+                "ca-certificates",
+                &[
+                    ("usr/share/ca-certificates/mozilla/B.crt", b"B"),
+                    ("usr/share/ca-certificates/mozilla/A.crt", b"A\n"),
+                ],
+            ),
             pkg("mawk", &[("usr/bin/mawk", b"m")]),
         ];
         let ls = layers(&pkgs, &[("z.crt".into(), b"LOCAL".to_vec())]);
         assert!(ls.len() <= 17);
         let sys = ls.last().unwrap();
         assert_eq!(sys.name, "debian:system");
-        let get = |p: &str| sys.entries.iter().find(|e| e.path == p).unwrap().kind.clone();
-        assert_eq!(get("etc/ssl/certs/ca-certificates.crt"), EntryKind::File(FileSource::Bytes(b"A\nB\nLOCAL\n".to_vec())));
-        assert_eq!(get("usr/bin/awk"), EntryKind::Symlink("/usr/bin/mawk".into()));
+        let get = |p: &str| {
+            sys.entries
+                .iter()
+                .find(|e| e.path == p)
+                .unwrap()
+                .kind
+                .clone()
+        };
+        assert_eq!(
+            get("etc/ssl/certs/ca-certificates.crt"),
+            EntryKind::File(FileSource::Bytes(b"A\nB\nLOCAL\n".to_vec()))
+        );
+        assert_eq!(
+            get("usr/bin/awk"),
+            EntryKind::Symlink("/usr/bin/mawk".into())
+        );
         assert_eq!(get("bin"), EntryKind::Symlink("usr/bin".into()));
-        let EntryKind::File(FileSource::Bytes(st)) = get("var/lib/dpkg/status") else { panic!() };
+        let EntryKind::File(FileSource::Bytes(st)) = get("var/lib/dpkg/status") else {
+            panic!()
+        };
         let st = String::from_utf8(st).unwrap();
-        assert!(st.starts_with("Package: ca-certificates\nStatus: install ok installed\n"), "{st}");
+        assert!(
+            st.starts_with("Package: ca-certificates\nStatus: install ok installed\n"),
+            "{st}"
+        );
         assert_eq!(st.matches("Status: install ok installed").count(), 2);
-        assert!(!sys.entries.iter().any(|e| e.path == "lib64"), "no lib64 link without lib64 files");
+        assert!(
+            !sys.entries.iter().any(|e| e.path == "lib64"),
+            "no lib64 link without lib64 files"
+        );
         // Same packages, same layers.
         assert_eq!(layers(&pkgs, &[("z.crt".into(), b"LOCAL".to_vec())]), ls);
     }

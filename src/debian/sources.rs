@@ -48,10 +48,7 @@ pub(crate) fn read_apt_dir(etc: &Path) -> Result<Vec<Source>, DebError> {
     if let Ok(rd) = std::fs::read_dir(&d) {
         let mut files: Vec<PathBuf> = rd
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension()
-                    .is_some_and(|e| e == "list" || e == "sources")
-            })
+            .filter(|p| p.extension().is_some_and(|e| e == "list" || e == "sources"))
             .collect();
         files.sort();
         for f in files {
@@ -188,15 +185,18 @@ pub(crate) fn parse_one_line(text: &str, origin: &str) -> Result<Vec<Source>, De
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
-        let Some(rest) = line.strip_prefix("deb ").or_else(|| line.strip_prefix("deb\t")) else {
+        let Some(rest) = line
+            .strip_prefix("deb ")
+            .or_else(|| line.strip_prefix("deb\t"))
+        else {
             continue;
         };
         let rest = rest.trim();
         let (opts, rest) = match rest.strip_prefix('[') {
             Some(r) => {
-                let (o, r) = r.split_once(']').ok_or_else(|| {
-                    bad(origin, format!("line {}: `[` without `]`", n + 1))
-                })?;
+                let (o, r) = r
+                    .split_once(']')
+                    .ok_or_else(|| bad(origin, format!("line {}: `[` without `]`", n + 1)))?;
                 (o, r.trim())
             }
             None => ("", rest),
@@ -217,7 +217,13 @@ pub(crate) fn parse_one_line(text: &str, origin: &str) -> Result<Vec<Source>, De
         let comps: Vec<String> = words[2..].iter().map(|s| (*s).to_string()).collect();
         let signed_by = keyrings(signed, origin)?;
         let origin = format!("{origin}:{}", n + 1);
-        out.extend(expand(&words[..1], &words[1..2], &comps, &signed_by, &origin));
+        out.extend(expand(
+            &words[..1],
+            &words[1..2],
+            &comps,
+            &signed_by,
+            &origin,
+        ));
     }
     Ok(out)
 }

@@ -528,10 +528,15 @@ pub async fn check(ctx: &Context, agent_name: &str) -> Result<CheckReport, LockE
             .ok()
             != lock.packages.as_ref().map(|l| l.request.clone());
         if stale {
-            problems.push("packages: the recipe's `packages` changed since the lockfile pinned them".into());
+            problems.push(
+                "packages: the recipe's `packages` changed since the lockfile pinned them".into(),
+            );
         }
     }
-    let packages = lock.packages.clone().filter(|_| agent.recipe.packages.is_some());
+    let packages = lock
+        .packages
+        .clone()
+        .filter(|_| agent.recipe.packages.is_some());
     let inputs = resolve::with_packages(resolve::inputs(&agent, &pairs), packages.as_ref());
     let inputs_hash = resolve::inputs_hash(&base, sidecar_image.as_deref(), &inputs);
     if inputs_hash != lock.inputs_hash {

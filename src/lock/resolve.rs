@@ -142,9 +142,10 @@ pub fn package_layers(
             } else {
                 format!("{dest}/{}", e.rel)
             };
-            if let (true, TreeKind::File { path: src, .. }) =
-                (path.starts_with(LOCAL_CA) && path.ends_with(".crt"), &e.kind)
-            {
+            if let (true, TreeKind::File { path: src, .. }) = (
+                path.starts_with(LOCAL_CA) && path.ends_with(".crt"),
+                &e.kind,
+            ) {
                 let b = std::fs::read(src).map_err(|e| LockError::io("cannot read", src, e))?;
                 local.push((path, b));
             }

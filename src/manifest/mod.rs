@@ -812,7 +812,9 @@ fn check_packages(
     }
     let is_name = |n: &str| {
         n.len() >= 2
-            && n.bytes().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && n.bytes()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
             && n.bytes()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+-.".contains(&c))
     };
@@ -837,14 +839,25 @@ fn check_packages(
     }
     if let Some(a) = &p.arch {
         if !is_name(a) {
-            return Err(bad("packages.arch", Some(a), format!("`{a}` is not a Debian architecture"), "write e.g. `amd64` or `arm64`, or drop it to follow --platform"));
+            return Err(bad(
+                "packages.arch",
+                Some(a),
+                format!("`{a}` is not a Debian architecture"),
+                "write e.g. `amd64` or `arm64`, or drop it to follow --platform",
+            ));
         }
     }
     let archive = match &p.archive {
         None => None,
         Some(a) => {
-            let ok_uri = ["http://", "https://", "file:///"].iter().any(|s| a.uri.starts_with(s));
-            if !ok_uri || a.suites.is_empty() || a.components.is_empty() || !a.signed_by.starts_with('/') {
+            let ok_uri = ["http://", "https://", "file:///"]
+                .iter()
+                .any(|s| a.uri.starts_with(s));
+            if !ok_uri
+                || a.suites.is_empty()
+                || a.components.is_empty()
+                || !a.signed_by.starts_with('/')
+            {
                 return Err(bad(
                     "packages.archive",
                     None,
