@@ -112,3 +112,6 @@ pub(crate) fn deb_arch(platform: &str) -> Result<String, DebError> {
     };
     Ok(a.to_string())
 }
+
+#[cfg(test)]
+mod tests;
