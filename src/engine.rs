@@ -313,7 +313,9 @@ impl std::io::Write for ChunkSender {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0
             .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "engine stopped reading"))?;
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "engine stopped reading")
+            })?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -342,20 +344,19 @@ pub async fn load_image(
     let err_tx = tx.clone();
     let writer = tokio::task::spawn_blocking(move || {
         let out = std::io::BufWriter::with_capacity(256 * 1024, ChunkSender(tx));
-        if let Err(e) = crate::oci::archive::write_archive(&image_c, &store_c, &tags, out)
-            .and_then(|w| {
-                w.into_inner()
-                    .map(drop)
-                    .map_err(|e| crate::oci::OciError::io("cannot stream", "the archive", e.into_error()))
+        if let Err(e) =
+            crate::oci::archive::write_archive(&image_c, &store_c, &tags, out).and_then(|w| {
+                w.into_inner().map(drop).map_err(|e| {
+                    crate::oci::OciError::io("cannot stream", "the archive", e.into_error())
+                })
             })
         {
             let _ = err_tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
     });
     let shown = bar.clone();
-    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|c| (c, rx))
-    });
+    let chunks =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let body = chunks.inspect(move |c| {
         if let Ok(b) = c {
             shown.inc(b.len() as u64);
@@ -766,4 +767,34 @@ mod tests {
         assert!(h.binds.is_none() && h.mounts.is_none() && h.port_bindings.is_none());
         assert!(h.pid_mode.is_none() && h.userns_mode.is_none() && h.uts_mode.is_none());
     }
+}
+
+/// The contents of the regular file at `path` in a container (created or
+/// running), at most `max` bytes; `None` when it is absent, not a regular
+/// file, or larger.
+pub async fn download_file(
+    docker: &Docker,
+    container: &str,
+    path: &str,
+    max: u64,
+) -> Option<Vec<u8>> {
+    let opts = bollard::query_parameters::DownloadFromContainerOptions {
+        path: path.to_string(),
+    };
+    let mut stream = docker.download_from_container(container, Some(opts));
+    let mut tar_bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        tar_bytes.extend_from_slice(&chunk.ok()?);
+        if tar_bytes.len() as u64 > max + 64 * 1024 {
+            return None;
+        }
+    }
+    let mut archive = tar::Archive::new(tar_bytes.as_slice());
+    let mut entry = archive.entries().ok()?.next()?.ok()?;
+    if entry.header().entry_type() != tar::EntryType::Regular || entry.size() > max {
+        return None;
+    }
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut entry, &mut out).ok()?;
+    Some(out)
 }

@@ -34,6 +34,30 @@ pub const LABEL_STARTED: &str = "dev.bottle.started";
 pub const OAUTH_HOST_VAR: &str = "CLAUDE_BOTTLE_OAUTH_TOKEN";
 pub const OAUTH_AGENT_VAR: &str = "CLAUDE_CODE_OAUTH_TOKEN";
 
+/// The model API host the sidecar's API route forwards to (a default
+/// egress host; see README "Default egress hosts").
+pub const API_HOST: &str = "api.anthropic.com";
+/// Host variable holding an API key (sent as `x-api-key` by the API route).
+pub const API_KEY_VAR: &str = "ANTHROPIC_API_KEY";
+/// Where the run CA bundle (the image's roots plus the run CA) is uploaded
+/// in the agent (an anonymous volume, like the sidecar's config dir).
+pub const AGENT_CA_DIR: &str = "/etc/bottle-ca";
+pub const AGENT_CA_FILE: &str = "roots.pem";
+/// Variables pointing clients (OpenSSL, Node, Python requests, curl, git)
+/// at the bundle.
+pub const CA_VARS: &[&str] = &[
+    "SSL_CERT_FILE",
+    "NODE_EXTRA_CA_CERTS",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+];
+/// Preflight line when the builtin sidecar holds the credentials.
+pub const CREDENTIALS_HELD_LINE: &str =
+    "  credentials: held by the sidecar; agent has placeholders";
+/// Preflight line for pipelock: what does not hold.
+pub const CREDENTIALS_PIPELOCK_LINE: &str = "  credentials: IN THE AGENT'S ENVIRONMENT (pipelock does not inject: no placeholders, no API route, no interception; only pipelock's own DLP scanning)";
+
 /// The port both sidecars listen on inside the bottle (pipelock's default).
 pub const SIDECAR_PORT: u16 = crate::egress::LISTEN_PORT;
 /// Where the per-run sidecar config is uploaded (an anonymous volume: the
@@ -167,6 +191,15 @@ pub struct SidecarPlan {
     pub ssh: Vec<String>,
     pub trusted: Vec<String>,
     pub labels: Vec<(String, String)>,
+    /// The sidecar holds every forwarded variable's value (builtin only);
+    /// the agent gets placeholders.
+    pub holds_secrets: bool,
+    /// Bindings of held secrets to hosts (see `policy::SecretBinding`).
+    pub secrets: Vec<crate::policy::SecretBinding>,
+    /// The model API route: (agent variable it authenticates with, header).
+    pub api_route: Option<(String, String)>,
+    /// A run CA is made and given to the agent (a bound secret is set).
+    pub intercept: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -258,13 +291,45 @@ pub fn plan(
             value: EnvValue::Fixed(proxy.clone()),
         });
     }
+    let holds_secrets = kind == SidecarKind::Builtin;
+    let set = |n: &str| host_env.contains(n);
+    let api_route = if !holds_secrets {
+        None
+    } else if set(OAUTH_HOST_VAR) {
+        Some((OAUTH_AGENT_VAR.to_string(), "bearer".to_string()))
+    } else if policy.env.iter().any(|e| e == API_KEY_VAR) && set(API_KEY_VAR) {
+        Some((API_KEY_VAR.to_string(), "x-api-key".to_string()))
+    } else {
+        None
+    };
+    let intercept = holds_secrets && policy.secrets.iter().any(|b| set(&b.env));
     // Loopback only: every other destination, including other containers,
-    // goes through the sidecar, which decides.
+    // goes through the sidecar, which decides. The API route is the
+    // sidecar itself, reached directly.
+    let no_proxy = if api_route.is_some() {
+        format!("localhost,127.0.0.1,::1,{sidecar_name}")
+    } else {
+        "localhost,127.0.0.1,::1".to_string()
+    };
     for name in ["NO_PROXY", "no_proxy"] {
         env.push(EnvVar {
             name: name.into(),
-            value: EnvValue::Fixed("localhost,127.0.0.1,::1".into()),
+            value: EnvValue::Fixed(no_proxy.clone()),
         });
+    }
+    if api_route.is_some() {
+        env.push(EnvVar {
+            name: "ANTHROPIC_BASE_URL".into(),
+            value: EnvValue::Fixed(format!("http://{sidecar_name}:{SIDECAR_PORT}")),
+        });
+    }
+    if intercept {
+        for name in CA_VARS {
+            env.push(EnvVar {
+                name: (*name).into(),
+                value: EnvValue::Fixed(format!("{AGENT_CA_DIR}/{AGENT_CA_FILE}")),
+            });
+        }
     }
     env.push(EnvVar {
         name: OAUTH_AGENT_VAR.into(),
@@ -350,6 +415,14 @@ pub fn plan(
             ssh: policy.egress.ssh.clone(),
             trusted,
             labels: labels("sidecar"),
+            holds_secrets,
+            secrets: if holds_secrets {
+                policy.secrets.clone()
+            } else {
+                vec![]
+            },
+            api_route,
+            intercept,
         },
         limits,
         image,
@@ -423,6 +496,24 @@ impl RunPlan {
         ));
         if self.sidecar.kind == SidecarKind::Pipelock {
             out.push(PIPELOCK_GAPS_LINE.into());
+        }
+        if self.sidecar.holds_secrets {
+            out.push(CREDENTIALS_HELD_LINE.into());
+            if let Some((var, _)) = &self.sidecar.api_route {
+                out.push(format!(
+                    "  api route: {var} -> {API_HOST} (ANTHROPIC_BASE_URL)"
+                ));
+            }
+            for b in &self.sidecar.secrets {
+                out.push(format!(
+                    "  bound: {} -> {} ({})",
+                    b.env,
+                    b.hosts.join(", "),
+                    b.header
+                ));
+            }
+        } else {
+            out.push(CREDENTIALS_PIPELOCK_LINE.into());
         }
         if let Some(w) = &self.container.workspace {
             out.push(format!(
@@ -532,6 +623,7 @@ mod tests {
                 image: None,
             },
             limits: Limits::default(),
+            secrets: vec![],
         }
     }
 

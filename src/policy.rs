@@ -49,6 +49,22 @@ pub struct Policy {
     pub env: Vec<String>,
     pub sidecar: Sidecar,
     pub limits: Limits,
+    /// `env` names bound to hosts: the builtin sidecar puts the value in
+    /// `header` of requests to `hosts` (names and hosts only, never values).
+    /// Absent from the label when empty, so older policies are unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretBinding>,
+}
+
+/// One secret's binding (see README, "Secrets").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretBinding {
+    pub env: String,
+    /// Normalized host patterns, sorted.
+    pub hosts: Vec<String>,
+    /// `bearer`, `basic` or a header name (lowercase).
+    pub header: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +202,19 @@ impl Policy {
         if !is_sorted_unique(&self.env) {
             return Err(PolicyError::NotCanonical("env names not sorted and unique"));
         }
+        for b in &self.secrets {
+            if !self.env.contains(&b.env) {
+                return Err(PolicyError::NotCanonical(
+                    "secret binding names an env not forwarded",
+                ));
+            }
+            for h in &b.hosts {
+                Pattern::parse(h).map_err(|source| PolicyError::Host {
+                    host: h.clone(),
+                    source,
+                })?;
+            }
+        }
         if self.limits.memory_mib == 0 {
             return Err(PolicyError::Limit("memory_mib"));
         }
@@ -238,6 +267,7 @@ mod tests {
                 image: None,
             },
             limits: Limits::default(),
+            secrets: vec![],
         }
     }
 

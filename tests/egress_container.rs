@@ -216,6 +216,7 @@ async fn builtin_image_loads_and_its_container_enforces_the_policy() {
                 image: None,
             },
             limits: Limits::default(),
+            secrets: vec![],
         };
         let opts = RunOptions {
             // The upstream sits on a private bridge address.

@@ -164,6 +164,7 @@ async fn a_sidecar_that_fails_to_start_leaves_no_network() {
             image: None,
         },
         limits: bottle::policy::Limits::default(),
+        secrets: vec![],
     };
     let mut spec = run_common::agent_spec(&policy);
     spec.config.entrypoint = vec![

@@ -57,6 +57,7 @@ fn policy() -> Policy {
             image: None,
         },
         limits: Limits::default(),
+        secrets: vec![],
     }
 }
 

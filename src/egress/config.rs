@@ -537,6 +537,7 @@ mod tests {
                 image: None,
             },
             limits: Limits::default(),
+            secrets: vec![],
         }
     }
 

@@ -254,6 +254,7 @@ mod tests {
                     image: None,
                 },
                 limits: Limits::default(),
+                secrets: vec![],
             },
             env: vec![],
             sidecar: LockedSidecar {

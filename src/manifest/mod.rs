@@ -70,6 +70,17 @@ struct RawManifest {
     prompt: Option<String>,
     #[serde(default)]
     files: BTreeMap<String, String>,
+    /// `env` name → where the builtin sidecar may send its value.
+    #[serde(default)]
+    secrets: BTreeMap<String, RawSecret>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    hosts: Vec<String>,
+    #[serde(default)]
+    header: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -190,6 +201,8 @@ pub struct Agent {
     pub prompt: Option<LocalInput>,
     /// Image path (relative, no leading `/`) → local input; sorted by image path.
     pub files: Vec<(String, LocalInput)>,
+    /// Secret bindings, sorted by env name.
+    pub secrets: Vec<policy::SecretBinding>,
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +307,7 @@ impl Agent {
                 image: sidecar_image,
             },
             limits: self.limits,
+            secrets: self.secrets.clone(),
         }
     }
 }
@@ -495,6 +509,8 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
         env.push(e.clone());
     }
     env.sort();
+    let secrets = secret_bindings(&raw.secrets, &env)
+        .map_err(|(field, needle, problem, help)| bad(&field, needle.as_deref(), problem, help))?;
 
     // egress
     let mut allow = BTreeSet::new();
@@ -632,7 +648,67 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
         limits,
         prompt,
         files,
+        secrets,
     })
+}
+
+type FieldProblem = (String, Option<String>, String, &'static str);
+
+/// Validate `secrets`: each name is a forwarded `env` name, hosts are
+/// patterns, the header is `bearer`, `basic` or a header name.
+fn secret_bindings(
+    raw: &BTreeMap<String, RawSecret>,
+    env: &[String],
+) -> Result<Vec<policy::SecretBinding>, FieldProblem> {
+    let mut out = Vec::new();
+    for (name, s) in raw {
+        let field = format!("secrets.{name}");
+        if !env.contains(name) {
+            return Err((
+                field,
+                Some(name.clone()),
+                format!("`{name}` is not listed in `env`"),
+                "add the name to `env` too: only forwarded variables can be secrets",
+            ));
+        }
+        if s.hosts.is_empty() {
+            return Err((
+                format!("{field}.hosts"),
+                Some(name.clone()),
+                "no hosts".into(),
+                "name the hosts the value may be sent to, e.g. [\"github.com\"]",
+            ));
+        }
+        let mut hosts = Vec::new();
+        for h in &s.hosts {
+            let p = crate::host::Pattern::parse(h).map_err(|e| {
+                (
+                    format!("{field}.hosts"),
+                    Some(h.clone()),
+                    format!("`{h}` {e}"),
+                    "write a hostname or `*.domain`",
+                )
+            })?;
+            hosts.push(p.to_string());
+        }
+        hosts.sort();
+        hosts.dedup();
+        let header = s.header.clone().unwrap_or_else(|| "bearer".into());
+        if let Err(e) = crate::egress::proxy::secrets::HeaderKind::parse(&header) {
+            return Err((
+                format!("{field}.header"),
+                Some(header),
+                e,
+                "use `bearer`, `basic` (git over HTTPS) or a header name such as `x-api-key`",
+            ));
+        }
+        out.push(policy::SecretBinding {
+            env: name.clone(),
+            hosts,
+            header: header.to_ascii_lowercase(),
+        });
+    }
+    Ok(out)
 }
 
 /// Load and validate `images/<name>.json`.

@@ -10,10 +10,13 @@
 //!   that creates it, so a signal, an error or a panic at any point still
 //!   removes it: agent, then sidecar, then networks, then temp files.
 //! - Secret values are read from the host environment only while building
-//!   the agent's create body; they never enter the plan, a file or argv.
+//!   the sidecar's secrets message (builtin sidecar: the agent gets
+//!   placeholders) or, with pipelock, the agent's create body; they never
+//!   enter the plan, a file, a label or argv.
 
 pub mod gc;
 pub mod owner;
+pub mod secrets;
 pub mod session;
 pub mod sidecar;
 pub mod teardown;
@@ -30,13 +33,12 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::acquire::{self, AcquireError, Located, Source};
 use crate::engine::{self, ContainerSpec, EngineError, EngineVersion, PullProgress};
 use crate::plan::{
-    self, EnvValue, ImageFacts, PlanError, RunIdentity, RunOptions, RunPlan, SIDECAR_CONFIG_DIR,
-    SidecarImage,
+    self, ImageFacts, PlanError, RunIdentity, RunOptions, RunPlan, SIDECAR_CONFIG_DIR, SidecarImage,
 };
 use crate::policy::{Limits, POLICY_LABEL, Policy, PolicyError, SidecarKind};
-use crate::acquire::{self, AcquireError, Located, Source};
 use crate::reference::Reference;
 
 pub use teardown::Teardown;
@@ -101,8 +103,7 @@ impl crate::error::Classify for RunError {
             RunError::Egress(e) => e.exit_kind(),
             RunError::Acquire(e) => e.exit_kind(),
             RunError::Plan(e) => e.exit_kind(),
-            RunError::Policy { .. }
-            | RunError::DryRunNeedsLock(_) => ExitKind::BadInput,
+            RunError::Policy { .. } | RunError::DryRunNeedsLock(_) => ExitKind::BadInput,
             RunError::Sidecar { .. } | RunError::Stopped { .. } => ExitKind::Failure,
             RunError::Io { .. } => ExitKind::Environment,
         }
@@ -549,16 +550,19 @@ async fn start_and_run(
     // created while the sidecar starts (creating runs nothing) and started
     // only once the sidecar is ready.
     let c = &plan.container;
-    let mut env = Vec::new();
-    for e in &c.env {
-        match &e.value {
-            EnvValue::Fixed(v) => env.push(format!("{}={}", e.name, v)),
-            EnvValue::Host { from, .. } => {
-                if let Ok(v) = std::env::var(from) {
-                    env.push(format!("{}={}", e.name, v));
-                }
-            }
-        }
+    let (env, held) = secrets::agent_env(plan);
+    let ca = if plan.sidecar.intercept {
+        Some(secrets::RunCa::new(&plan.run_id)?)
+    } else {
+        None
+    };
+    let message = plan
+        .sidecar
+        .holds_secrets
+        .then(|| secrets::message(plan, held, ca.as_ref()));
+    let mut volumes = vec![c.home.clone()];
+    if ca.is_some() {
+        volumes.push(plan::AGENT_CA_DIR.into());
     }
     check(&stop)?;
     guard.agent(&c.name);
@@ -574,15 +578,29 @@ async fn start_and_run(
         network: &net.internal,
         limits: plan.limits,
         dns: c.dns.clone(),
-        volumes: vec![c.home.clone()],
+        volumes,
         workspace: c.workspace.as_deref(),
     };
     let (ready, created) = tokio::join!(
-        start_sidecar(docker, plan, builtin, blocked, &stop),
+        start_sidecar(docker, plan, builtin, message, blocked, &stop),
         engine::create_container(docker, &spec),
     );
     ready?;
     created?;
+    if let Some(ca) = &ca {
+        // The bundle goes in at run time, so the image digest is unchanged.
+        let bundle = secrets::bundle(docker, &c.name, ca).await;
+        engine::upload_file(
+            docker,
+            &c.name,
+            plan::AGENT_CA_DIR,
+            plan::AGENT_CA_FILE,
+            &bundle,
+            0o644,
+            (0, 0),
+        )
+        .await?;
+    }
     phases.mark("agent created");
     check(&stop)?;
     let code = session::run_agent(docker, &c.name, c.tty, interactive, &mut stop).await?;
@@ -614,6 +632,7 @@ async fn start_sidecar(
     docker: &Docker,
     plan: &RunPlan,
     builtin: bool,
+    message: Option<secrets::Secret>,
     blocked: Arc<Mutex<sidecar::BlockedLog>>,
     stop: &StopRx,
 ) -> Result<(), RunError> {
@@ -656,8 +675,12 @@ async fn start_sidecar(
 
     engine::start_container(docker, name).await?;
     if builtin {
-        // No credentials are injected at the proxy yet; closing stdin tells
-        // the sidecar its secret channel is done.
+        // The secrets message, then EOF: the sidecar reads stdin to the end
+        // before it serves. A failed write shows as a sidecar that never
+        // gets ready (its error names the message, never a value).
+        if let Some(m) = message {
+            let _ = input.write_all(m.bytes()).await;
+        }
         let _ = input.shutdown().await;
     }
     drop(input);

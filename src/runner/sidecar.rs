@@ -19,7 +19,11 @@ pub fn command(plan: &RunPlan) -> Vec<String> {
     match plan.sidecar.kind {
         // The image's entrypoint is `bottle proxy`.
         SidecarKind::Builtin => {
-            crate::egress::builtin_cmd(&plan.sidecar.config_path, &plan.sidecar.ssh)
+            let mut cmd = crate::egress::builtin_cmd(&plan.sidecar.config_path, &plan.sidecar.ssh);
+            if plan.sidecar.holds_secrets {
+                cmd.push("--secrets-stdin".into());
+            }
+            cmd
         }
         SidecarKind::Pipelock => crate::egress::pipelock_cmd(&plan.sidecar.config_path),
     }

@@ -165,6 +165,7 @@ pub fn policy(allow: &[&str], ssh: &[&str]) -> Policy {
             image: None,
         },
         limits: Limits::default(),
+        secrets: vec![],
     }
 }
 

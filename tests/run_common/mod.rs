@@ -61,6 +61,7 @@ pub async fn fixture(agent: &str, allow: &[&str]) -> Option<Fixture> {
             kind: SidecarKind::Builtin,
             image: None,
         },
+        secrets: vec![],
         limits: Limits {
             memory_mib: 256,
             cpu_millis: 1000,
@@ -560,6 +561,7 @@ pub fn lock_only_root(agent: &str, allow: &[&str], env: &[&str]) -> tempfile::Te
             image: None,
         },
         limits: Limits::default(),
+        secrets: vec![],
     };
     project_with_lockfile(
         &policy,

@@ -46,7 +46,10 @@ pub(super) async fn handle_connect(
         Err(r) => return d.refuse(StatusCode::FORBIDDEN, r.reason, true),
     };
     d.target(&host, port);
-    if let Err(r) = proxy.check_policy(&host, port, true) {
+    if let Err(r) = proxy
+        .check_policy(&host, port, true)
+        .and_then(|()| proxy.check_name(&host))
+    {
         return d.refuse(StatusCode::FORBIDDEN, r.reason, true);
     }
     let Ok(permit) = proxy.tunnels.clone().try_acquire_owned() else {
@@ -56,6 +59,13 @@ pub(super) async fn handle_connect(
             true,
         );
     };
+    if let Some(vault) = proxy
+        .vault
+        .clone()
+        .filter(|v| port == 443 && v.intercepts(&host))
+    {
+        return super::intercept::handle(proxy, vault, req, d, host, permit).await;
+    }
     d.under_way(
         "deny",
         "client went away while the proxy resolved the name and connected; nothing forwarded",

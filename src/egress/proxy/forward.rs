@@ -33,7 +33,7 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -49,7 +49,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn method_name(m: &Method) -> &'static str {
+pub(super) fn method_name(m: &Method) -> &'static str {
     match *m {
         Method::GET => "GET",
         Method::POST => "POST",
@@ -137,9 +137,20 @@ pub(super) async fn handle_http(proxy: Arc<Proxy>, req: Request<Incoming>) -> Re
             true,
         );
     }
-    if let Err(r) = proxy.check_policy(&host, port, false) {
+    if let Err(r) = proxy
+        .check_policy(&host, port, false)
+        .and_then(|()| proxy.check_name(&host))
+    {
         return d.refuse(StatusCode::FORBIDDEN, r.reason, false);
     }
+    // With secrets held, the whole request is scanned before it is sent.
+    let req = match &proxy.vault {
+        Some(vault) => match super::upstream::scan_request(vault, req).await {
+            Ok((parts, body)) => Request::from_parts(parts, super::upstream::full(body)),
+            Err((status, why)) => return d.refuse(status, format!("dlp: {why}"), false),
+        },
+        None => req.map(|b| b.boxed()),
+    };
     d.under_way(
         "deny",
         "client went away while the proxy resolved the name and connected; nothing forwarded",

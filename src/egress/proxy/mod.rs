@@ -25,10 +25,16 @@ mod connect;
 mod forward;
 mod framing;
 pub mod input;
+pub mod intercept;
+pub mod names;
 mod pending;
 mod relay;
+mod route;
+pub mod scan;
+pub mod secrets;
 pub mod sni;
 pub mod target;
+mod upstream;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -201,17 +207,47 @@ pub struct Proxy {
     resolver: Resolver,
     log: LogSink,
     tunnels: Arc<Semaphore>,
+    /// The secrets `bottle run` sent over stdin (none: no injection, no
+    /// interception, no secret scanning; names are still checked).
+    vault: Option<Arc<secrets::Vault>>,
+    leaves: intercept::Leaves,
 }
 
 impl Proxy {
     pub fn new(settings: Settings, resolver: Resolver, log: LogSink) -> Arc<Proxy> {
+        Proxy::with_vault(settings, resolver, log, None)
+    }
+
+    /// As [`Proxy::new`], holding `vault`'s secrets.
+    pub fn with_vault(
+        settings: Settings,
+        resolver: Resolver,
+        log: LogSink,
+        vault: Option<secrets::Vault>,
+    ) -> Arc<Proxy> {
         let tunnels = Arc::new(Semaphore::new(settings.max_tunnels));
         Arc::new(Proxy {
             settings,
             resolver,
             log,
             tunnels,
+            vault: vault.map(Arc::new),
+            leaves: intercept::Leaves::default(),
         })
+    }
+
+    /// Checks on a target name before any lookup: a secret in it, or data
+    /// under a wildcard entry.
+    fn check_name(&self, host: &str) -> Result<(), Refusal> {
+        if let Some(v) = &self.vault {
+            if let Some(what) = v.scanner.find_host(host) {
+                return Err(Refusal::new(format!("dlp: {what}")));
+            }
+        }
+        match names::suspicious(host, &self.settings.allow) {
+            Some(why) => Err(Refusal::new(why)),
+            None => Ok(()),
+        }
     }
 
     fn emit(&self, value: serde_json::Value) {
@@ -455,6 +491,10 @@ async fn handle(proxy: Arc<Proxy>, req: Request<Incoming>, ambiguous: &AtomicU8)
     }
     if req.method() == Method::CONNECT {
         connect::handle_connect(proxy, req).await
+    } else if req.uri().scheme().is_none() && proxy.vault.as_ref().is_some_and(|v| v.api.is_some())
+    {
+        let vault = proxy.vault.clone().expect("checked above");
+        route::handle_api(proxy, vault, req).await
     } else {
         forward::handle_http(proxy, req).await
     }
