@@ -172,7 +172,7 @@ pub fn policy(allow: &[&str], ssh: &[&str]) -> Policy {
 pub struct Running {
     pub addr: SocketAddr,
     pub logs: UnboundedReceiver<serde_json::Value>,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    pub _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Running {

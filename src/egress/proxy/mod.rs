@@ -240,7 +240,13 @@ impl Proxy {
     /// under a wildcard entry.
     fn check_name(&self, host: &str) -> Result<(), Refusal> {
         if let Some(v) = &self.vault {
-            if let Some(what) = v.scanner.find_host(host) {
+            // Dots removed too: a value split over labels is still the value.
+            let joined = host.replace('.', "");
+            if let Some(what) = v
+                .scanner
+                .find_host(host)
+                .or_else(|| v.scanner.find_host(&joined))
+            {
                 return Err(Refusal::new(format!("dlp: {what}")));
             }
         }
