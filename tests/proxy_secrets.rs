@@ -510,7 +510,7 @@ async fn split_across_two_requests_is_not_caught() {
 async fn secret_in_a_name_under_a_wildcard_is_refused_before_lookup() {
     let mut w = world().await;
     for host in [
-        format!("{}.example.test", GH.to_ascii_lowercase().replace('_', "-")),
+        format!("{}.example.test", TOKEN.to_ascii_lowercase()),
         {
             let h = hex::encode(GH);
             format!("{}.{}.example.test", &h[..40], &h[40..])
@@ -521,6 +521,9 @@ async fn secret_in_a_name_under_a_wildcard_is_refused_before_lookup() {
         assert_eq!(code, 403, "{host}");
         let d = w.proxy.decision().await;
         assert_eq!(d["verdict"], "deny");
+        let line = d.to_string().to_ascii_lowercase();
+        assert!(!line.contains(&TOKEN.to_ascii_lowercase()), "{line}");
+        assert!(!line.contains(&hex::encode(GH)[..40]), "{line}");
     }
     // An ordinary name under the wildcard still works.
     let (code, _) = connect(w.proxy.addr, "x.example.test:443").await;

@@ -236,6 +236,29 @@ impl Proxy {
         })
     }
 
+    /// A decision line never carries a secret: a host or reason holding one
+    /// (an agent-chosen name, an SNI) is replaced by a marker.
+    fn redact(&self, host: &str, reason: String) -> (String, String) {
+        let Some(v) = &self.vault else {
+            return (host.to_string(), reason);
+        };
+        let joined = host.replace('.', "");
+        let host = if v.scanner.find_host(host).is_some() || v.scanner.find_host(&joined).is_some()
+        {
+            "[redacted: name carries a secret]".to_string()
+        } else {
+            host.to_string()
+        };
+        let reason = if v.scanner.find_text(reason.as_bytes()).is_some()
+            || v.scanner.find_host(&reason).is_some()
+        {
+            "[redacted: reason quoted a secret]".to_string()
+        } else {
+            reason
+        };
+        (host, reason)
+    }
+
     /// Checks on a target name before any lookup: a secret in it, or data
     /// under a wildcard entry.
     fn check_name(&self, host: &str) -> Result<(), Refusal> {
@@ -284,13 +307,14 @@ impl Proxy {
         down: u64,
         started: Instant,
     ) {
+        let (host, reason) = self.redact(host, reason.into());
         let d = Decision {
             time: rfc3339_now(),
             event: "decision",
             verdict,
-            reason: reason.into(),
+            reason,
             method,
-            host: host.to_string(),
+            host,
             port,
             bytes_up: up,
             bytes_down: down,
