@@ -757,6 +757,78 @@ mod tests {
     }
 
     #[test]
+    fn builtin_holds_credentials_routes_the_api_and_trusts_the_run_ca() {
+        let host: BTreeSet<String> =
+            [OAUTH_HOST_VAR.to_string(), "GITHUB_TOKEN".to_string()].into();
+        let mut pol = policy(sorted(ORIGINAL_SEVEN));
+        pol.secrets = vec![crate::policy::SecretBinding {
+            env: "GITHUB_TOKEN".into(),
+            hosts: vec!["github.com".into()],
+            header: "basic".into(),
+        }];
+        let p = plan(&pol, facts(), side(), &RunOptions::default(), &host, &id()).unwrap();
+        let fixed = |n: &str| {
+            p.container
+                .env
+                .iter()
+                .find(|e| e.name == n)
+                .and_then(|e| match &e.value {
+                    EnvValue::Fixed(v) => Some(v.clone()),
+                    EnvValue::Host { .. } => None,
+                })
+        };
+        let sidecar = &p.sidecar.name;
+        assert_eq!(
+            fixed("ANTHROPIC_BASE_URL"),
+            Some(format!("http://{sidecar}:{SIDECAR_PORT}"))
+        );
+        assert!(fixed("NO_PROXY").unwrap().ends_with(&format!(",{sidecar}")));
+        for v in CA_VARS {
+            assert_eq!(fixed(v), Some(format!("{AGENT_CA_DIR}/{AGENT_CA_FILE}")));
+        }
+        assert!(p.sidecar.holds_secrets && p.sidecar.intercept);
+        assert_eq!(
+            p.sidecar.api_route,
+            Some((OAUTH_AGENT_VAR.into(), "bearer".into()))
+        );
+        let lines = p.preflight_lines();
+        assert!(
+            lines.iter().any(|l| l == CREDENTIALS_HELD_LINE),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l == "  bound: GITHUB_TOKEN -> github.com (basic)"),
+            "{lines:?}"
+        );
+
+        // pipelock cannot inject: no route, no CA, and the preflight says so.
+        let options = RunOptions {
+            sidecar: Some(SidecarKind::Pipelock),
+            ..RunOptions::default()
+        };
+        pol.sidecar.image = Some(format!(
+            "{}@sha256:{}",
+            crate::lock::PIPELOCK_IMAGE,
+            "b".repeat(64)
+        ));
+        let p = plan(&pol, facts(), side(), &options, &host, &id()).unwrap();
+        assert!(!p.sidecar.holds_secrets && !p.sidecar.intercept);
+        assert!(
+            !p.container
+                .env
+                .iter()
+                .any(|e| e.name == "ANTHROPIC_BASE_URL")
+        );
+        let lines = p.preflight_lines();
+        assert!(
+            lines.iter().any(|l| l == CREDENTIALS_PIPELOCK_LINE),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
     fn preflight_names_pipelock_gaps_only_for_pipelock() {
         let host = BTreeSet::new();
         let mut pol = policy(sorted(ORIGINAL_SEVEN));

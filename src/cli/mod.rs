@@ -14,6 +14,7 @@ mod export;
 mod gc;
 mod import;
 mod lock;
+mod logs;
 mod proxy;
 mod ps;
 mod push;
@@ -64,6 +65,8 @@ enum Command {
     Doctor(doctor::Args),
     /// The builtin egress sidecar: a strict allowlist forward proxy (runs inside its container)
     Proxy(proxy::Args),
+    /// Show a run's audit record: every decision its sidecar made (--follow, --json)
+    Logs(logs::Args),
 }
 
 /// Parse, run, and map the outcome to an exit code in one place.
@@ -114,6 +117,7 @@ async fn dispatch(command: Command) -> CliResult {
         Command::Import(a) => guarded(interruptible(import::exec(a)).await),
         Command::Doctor(a) => doctor::exec(a).await,
         Command::Proxy(a) => proxy::exec(a).await,
+        Command::Logs(a) => logs::exec(a).await,
     }
 }
 

@@ -14,6 +14,7 @@
 //!   placeholders) or, with pipelock, the agent's create body; they never
 //!   enter the plan, a file, a label or argv.
 
+pub mod audit;
 pub mod gc;
 pub mod owner;
 pub mod secrets;
@@ -643,6 +644,12 @@ async fn start_sidecar(
     let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
     let tail: Arc<Mutex<Vec<String>>> = Arc::default();
     let tail_w = tail.clone();
+    let mut record = audit::AuditLog::open(&plan.run_id);
+    if record.is_none() {
+        eprintln!(
+            "warning: no audit record for this run (no writable state directory; set BOTTLE_STATE_DIR)"
+        );
+    }
     tokio::spawn(async move {
         let mut pending = Vec::new();
         while let Some(Ok(chunk)) = output.next().await {
@@ -658,6 +665,9 @@ async fn start_sidecar(
                 let line = String::from_utf8_lossy(&line).trim_end().to_string();
                 if sidecar::is_ready_line(&line) {
                     let _ = ready_tx.send(true);
+                }
+                if let Some(r) = record.as_mut() {
+                    r.record(&line);
                 }
                 if let Ok(mut b) = blocked.lock() {
                     b.observe(&line);

@@ -70,6 +70,14 @@ impl RunCa {
 /// The agent's environment (`NAME=value`) and the secrets the sidecar holds
 /// instead. Unset host variables are left out of both.
 pub fn agent_env(plan: &RunPlan) -> (Vec<String>, Vec<SecretEntry>) {
+    agent_env_from(plan, |name| std::env::var(name).ok())
+}
+
+/// As [`agent_env`], reading host variables through `lookup`.
+pub fn agent_env_from(
+    plan: &RunPlan,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> (Vec<String>, Vec<SecretEntry>) {
     let held = plan.sidecar.holds_secrets;
     let mut env = Vec::new();
     let mut secrets = Vec::new();
@@ -77,7 +85,7 @@ pub fn agent_env(plan: &RunPlan) -> (Vec<String>, Vec<SecretEntry>) {
         match &e.value {
             EnvValue::Fixed(v) => env.push(format!("{}={}", e.name, v)),
             EnvValue::Host { from, .. } => {
-                let Ok(value) = std::env::var(from) else {
+                let Some(value) = lookup(from) else {
                     continue;
                 };
                 if !held || value.is_empty() {
@@ -151,4 +159,110 @@ pub async fn bundle(docker: &Docker, agent: &str, ca: &RunCa) -> Vec<u8> {
     }
     out.extend_from_slice(ca.cert_pem.as_bytes());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::plan::{ImageFacts, RunIdentity, RunOptions, SidecarImage};
+    use crate::policy::{Egress, Limits, Policy, SecretBinding, Sidecar, SidecarKind};
+
+    const TOKEN: &str = "sk-ant-oat01-RealRealReal0123456789";
+    const GH: &str = "ghp_RealGithub0123456789abcdef";
+
+    fn run_plan(kind: SidecarKind) -> RunPlan {
+        let policy = Policy {
+            schema: 1,
+            agent: "t".into(),
+            egress: Egress {
+                allow: vec!["api.anthropic.com".into(), "github.com".into()],
+                ssh: vec![],
+            },
+            env: vec!["GITHUB_TOKEN".into()],
+            sidecar: Sidecar {
+                kind,
+                image: Some(format!("p@sha256:{}", "b".repeat(64))),
+            },
+            limits: Limits::default(),
+            secrets: vec![SecretBinding {
+                env: "GITHUB_TOKEN".into(),
+                hosts: vec!["github.com".into()],
+                header: "bearer".into(),
+            }],
+        };
+        let facts = ImageFacts {
+            reference: "r".into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            size: None,
+            user: String::new(),
+            home: "/home/agent".into(),
+        };
+        let side = SidecarImage {
+            image: "s".into(),
+            digest: None,
+            user: String::new(),
+        };
+        let id = RunIdentity {
+            slug: "x".into(),
+            owner_pid: 1,
+            owner_start: 1,
+            owner_host: "h".into(),
+            started: 0,
+        };
+        let host: BTreeSet<String> = [plan::OAUTH_HOST_VAR.into(), "GITHUB_TOKEN".into()].into();
+        plan::plan(&policy, facts, side, &RunOptions::default(), &host, &id).unwrap()
+    }
+
+    fn lookup(n: &str) -> Option<String> {
+        match n {
+            plan::OAUTH_HOST_VAR => Some(TOKEN.into()),
+            "GITHUB_TOKEN" => Some(GH.into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn agent_gets_placeholders_and_the_sidecar_the_values() {
+        let p = run_plan(SidecarKind::Builtin);
+        let (env, held) = agent_env_from(&p, lookup);
+        let all = env.join("\n");
+        assert!(!all.contains(TOKEN) && !all.contains(GH), "{all}");
+        let token = env
+            .iter()
+            .find_map(|e| e.strip_prefix("CLAUDE_CODE_OAUTH_TOKEN="))
+            .unwrap();
+        assert!(token.starts_with("sk-ant-oat01-") && token.len() == TOKEN.len());
+        assert_eq!(held.len(), 2);
+        let gh = held.iter().find(|s| s.name == "GITHUB_TOKEN").unwrap();
+        assert_eq!(gh.hosts, vec!["github.com".to_string()]);
+        let ca = RunCa::new(&p.run_id).unwrap();
+        let m = message(&p, held, Some(&ca));
+        assert_eq!(format!("{m:?}"), "Secret(<redacted>)");
+        let v: serde_json::Value = serde_json::from_slice(m.bytes()).unwrap();
+        assert_eq!(v["api_route"]["secret"], "CLAUDE_CODE_OAUTH_TOKEN");
+        assert_eq!(v["api_route"]["host"], plan::API_HOST);
+        assert!(
+            v["intercept_ca"]["key_pem"]
+                .as_str()
+                .unwrap()
+                .contains("PRIVATE KEY")
+        );
+        // The sidecar accepts what the runner writes.
+        let vault = crate::egress::proxy::secrets::Vault::from_message(
+            serde_json::from_slice(m.bytes()).unwrap(),
+        )
+        .unwrap();
+        assert!(vault.intercepts("github.com") && !vault.intercepts("api.anthropic.com"));
+        assert!(!ca.cert_pem.contains("PRIVATE"));
+    }
+
+    #[test]
+    fn pipelock_agent_gets_the_values() {
+        let p = run_plan(SidecarKind::Pipelock);
+        let (env, held) = agent_env_from(&p, lookup);
+        assert!(held.is_empty());
+        assert!(env.contains(&format!("GITHUB_TOKEN={GH}")));
+    }
 }
