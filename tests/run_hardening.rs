@@ -2,9 +2,11 @@
 //! the engine API) of the agent and the sidecar shows every setting, and
 //! the agent's own view agrees (seccomp filter on, no-new-privileges, no
 //! capabilities, non-root, read-only root, writable /tmp and home, no
-//! engine socket). Secrets reach the agent's environment and nowhere else:
-//! not in any process's argv on the host, not in bottle's output, not in
-//! the sidecar, not in labels. The writable home dies with the bottle.
+//! engine socket). Secrets reach only the sidecar, over its stdin: the
+//! agent's environment holds placeholders of the same length, and no value
+//! is in any process's argv on the host, bottle's output, either container's
+//! config (`docker inspect`) or log, or labels. The writable home dies with
+//! the bottle.
 
 mod common;
 mod run_common;
@@ -49,8 +51,10 @@ async fn agent_and_sidecar_are_hardened_and_secrets_stay_in_the_engine_api() {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(s.as_bytes()))
     };
-    let secret_ok = format!("env-secret={}", digest(SECRET));
-    let token_ok = format!("env-token={}", digest(TOKEN));
+    let secret_real = format!("env-secret={}", digest(SECRET));
+    let token_real = format!("env-token={}", digest(TOKEN));
+    let secret_len = format!("env-secret-len={}", SECRET.len());
+    let token_len = format!("env-token-len={}", TOKEN.len());
     let script = r#"
 grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status | tr -d '\t ' 
 echo uid=$(id -u)
@@ -60,6 +64,9 @@ touch "$HOME/probe" && echo home=writable
 if [ -e /var/run/docker.sock ] || [ -e /run/docker.sock ]; then echo sock=present; else echo sock=absent; fi
 echo env-secret=$(printf %s "$BOTTLE_TEST_SECRET" | sha256sum | awk '{print $1}')
 echo env-token=$(printf %s "$CLAUDE_CODE_OAUTH_TOKEN" | sha256sum | awk '{print $1}')
+echo env-secret-len=${#BOTTLE_TEST_SECRET}
+echo env-token-len=${#CLAUDE_CODE_OAUTH_TOKEN}
+echo base-url=$ANTHROPIC_BASE_URL
 [ -z "$CLAUDE_BOTTLE_OAUTH_TOKEN" ] && echo host-var-name=absent
 echo checks-done
 sleep 60
@@ -100,12 +107,15 @@ sleep 60
         "tmp=writable",
         "home=writable",
         "sock=absent",
-        secret_ok.as_str(),
-        token_ok.as_str(),
+        secret_len.as_str(),
+        token_len.as_str(),
         "host-var-name=absent",
+        "base-url=http://bottle-hardened-",
     ] {
         assert!(o.contains(want), "missing {want} in:\n{o}");
     }
+    // The agent holds placeholders, not the values.
+    assert!(!o.contains(&secret_real) && !o.contains(&token_real), "{o}");
 
     // No process on the host carries a secret in its argv (bottle, the
     // engine, the shims, the container's processes).
@@ -227,11 +237,28 @@ sleep 60
                 .unwrap();
             assert_eq!(net.internal, Some(true));
             assert_ne!(net.enable_ipv6, Some(true));
-        } else {
-            assert!(
-                !env.contains(SECRET) && !env.contains(TOKEN),
-                "sidecar got a secret"
-            );
+        }
+        assert!(
+            !env.contains(SECRET) && !env.contains(TOKEN),
+            "{name}: a secret in the container's config env"
+        );
+        let cmd = format!("{:?} {:?}", cfg.cmd, cfg.entrypoint);
+        assert!(
+            !cmd.contains(SECRET) && !cmd.contains(TOKEN),
+            "{name}: {cmd}"
+        );
+        let mut logs = docker.logs(
+            &name,
+            Some(bollard::query_parameters::LogsOptions {
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            }),
+        );
+        use futures_util::StreamExt as _;
+        while let Some(Ok(l)) = logs.next().await {
+            let l = l.to_string();
+            assert!(!l.contains(SECRET) && !l.contains(TOKEN), "{name} log: {l}");
         }
     }
     let home_volume = home_volume.expect("the agent's home is an anonymous volume");
