@@ -179,3 +179,44 @@ fn memory_sizes() {
     assert_eq!(parse_memory("0m"), None);
     assert_eq!(parse_memory("12"), None);
 }
+
+#[test]
+fn secret_bindings_are_validated_and_reach_the_policy() {
+    let d = project();
+    write_manifest(
+        d.path(),
+        r#"{"schema": 1, "image": "base", "env": ["GH", "OTHER"],
+            "secrets": {"GH": {"hosts": ["API.github.com", "github.com"], "header": "basic"}}}"#,
+    );
+    let a = load_agent(d.path(), "a").unwrap();
+    let p = a.policy(None);
+    p.validate().unwrap();
+    assert_eq!(p.secrets.len(), 1);
+    assert_eq!(p.secrets[0].env, "GH");
+    assert_eq!(p.secrets[0].hosts, ["api.github.com", "github.com"]);
+    assert_eq!(p.secrets[0].header, "basic");
+    // The label round-trips; a policy without secrets has no `secrets` key.
+    let back = crate::policy::Policy::from_label(Some(&p.to_canonical_json())).unwrap();
+    assert_eq!(back, p);
+    let mut plain = p.clone();
+    plain.secrets.clear();
+    assert!(!plain.to_canonical_json().contains("secrets"));
+
+    for (text, field) in [
+        (
+            r#"{"schema": 1, "image": "base", "env": [], "secrets": {"GH": {"hosts": ["github.com"]}}}"#,
+            "secrets.GH",
+        ),
+        (
+            r#"{"schema": 1, "image": "base", "env": ["GH"], "secrets": {"GH": {"hosts": ["1.2.3.4"]}}}"#,
+            "secrets.GH.hosts",
+        ),
+        (
+            r#"{"schema": 1, "image": "base", "env": ["GH"], "secrets": {"GH": {"hosts": ["github.com"], "header": "bad header"}}}"#,
+            "secrets.GH.header",
+        ),
+    ] {
+        write_manifest(d.path(), text);
+        assert_eq!(err(d.path()).field, field, "{text}");
+    }
+}
