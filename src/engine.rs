@@ -691,6 +691,36 @@ pub async fn list_labeled(docker: &Docker, label: &str) -> Result<Vec<Labeled>, 
     Ok(out)
 }
 
+/// The contents of the regular file at `path` in a container (created or
+/// running), at most `max` bytes; `None` when it is absent, not a regular
+/// file, or larger.
+pub async fn download_file(
+    docker: &Docker,
+    container: &str,
+    path: &str,
+    max: u64,
+) -> Option<Vec<u8>> {
+    let opts = bollard::query_parameters::DownloadFromContainerOptions {
+        path: path.to_string(),
+    };
+    let mut stream = docker.download_from_container(container, Some(opts));
+    let mut tar_bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        tar_bytes.extend_from_slice(&chunk.ok()?);
+        if tar_bytes.len() as u64 > max + 64 * 1024 {
+            return None;
+        }
+    }
+    let mut archive = tar::Archive::new(tar_bytes.as_slice());
+    let mut entry = archive.entries().ok()?.next()?.ok()?;
+    if entry.header().entry_type() != tar::EntryType::Regular || entry.size() > max {
+        return None;
+    }
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut entry, &mut out).ok()?;
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -767,34 +797,4 @@ mod tests {
         assert!(h.binds.is_none() && h.mounts.is_none() && h.port_bindings.is_none());
         assert!(h.pid_mode.is_none() && h.userns_mode.is_none() && h.uts_mode.is_none());
     }
-}
-
-/// The contents of the regular file at `path` in a container (created or
-/// running), at most `max` bytes; `None` when it is absent, not a regular
-/// file, or larger.
-pub async fn download_file(
-    docker: &Docker,
-    container: &str,
-    path: &str,
-    max: u64,
-) -> Option<Vec<u8>> {
-    let opts = bollard::query_parameters::DownloadFromContainerOptions {
-        path: path.to_string(),
-    };
-    let mut stream = docker.download_from_container(container, Some(opts));
-    let mut tar_bytes = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        tar_bytes.extend_from_slice(&chunk.ok()?);
-        if tar_bytes.len() as u64 > max + 64 * 1024 {
-            return None;
-        }
-    }
-    let mut archive = tar::Archive::new(tar_bytes.as_slice());
-    let mut entry = archive.entries().ok()?.next()?.ok()?;
-    if entry.header().entry_type() != tar::EntryType::Regular || entry.size() > max {
-        return None;
-    }
-    let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut entry, &mut out).ok()?;
-    Some(out)
 }
