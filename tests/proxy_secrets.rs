@@ -645,3 +645,33 @@ async fn unverifiable_upstream_is_refused_and_no_leaf_is_minted() {
     assert!(!logs.contains("\"event\":\"leaf\""), "{logs}");
     assert!(w.seen().is_empty());
 }
+
+#[tokio::test]
+async fn plain_http_requests_are_scanned_too() {
+    let mut w = world().await;
+    let mut s = TcpStream::connect(w.proxy.addr).await.unwrap();
+    s.write_all(
+        format!("GET http://other.test/?q={TOKEN} HTTP/1.1\r\nHost: other.test\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (code, _, _) = read_response(&mut s).await;
+    assert_eq!(code, 403);
+    let d = w.proxy.decision().await;
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("dlp: secret CLAUDE_CODE_OAUTH_TOKEN"),
+        "{d}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_scanning_bound_is_refused_not_sent_unscanned() {
+    let w = world().await;
+    let body = vec![b'a'; (1 << 20) + 1];
+    let (code, _) = w.api(&post("/v1/messages", "", &body)).await;
+    assert_eq!(code, 413);
+    assert!(w.seen().is_empty());
+}

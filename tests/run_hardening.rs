@@ -45,6 +45,8 @@ async fn agent_and_sidecar_are_hardened_and_secrets_stay_in_the_engine_api() {
         extra_networks: vec![],
     };
     let side = sidecar_image(&fx).await;
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap();
     // The script sees only digests of the secrets, so it can check them
     // without putting them on any argv itself.
     let digest = |s: &str| {
@@ -86,6 +88,7 @@ sleep 60
         &[
             ("BOTTLE_TEST_SECRET", SECRET),
             ("CLAUDE_BOTTLE_OAUTH_TOKEN", TOKEN),
+            ("BOTTLE_STATE_DIR", state_dir),
         ],
     );
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -277,6 +280,15 @@ sleep 60
         );
         assert!(!run.stderr().contains(s), "bottle printed a secret");
     }
+    // The run's audit record holds the sidecar's lines, and no secret.
+    let records: Vec<_> = std::fs::read_dir(state.path().join("runs"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = std::fs::read_to_string(records[0].path()).unwrap();
+    assert!(record.contains("\"event\":\"ready\""), "{record}");
+    assert!(!record.contains(SECRET) && !record.contains(TOKEN));
     assert_eq!(leftovers(docker, agent).await, Vec::<String>::new());
     let gone = wait_for(docker, agent, Duration::from_secs(1), |_| true).await;
     assert!(gone.is_empty());
