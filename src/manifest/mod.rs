@@ -43,6 +43,11 @@ const MANIFEST_HELP: &str =
 const RECIPE_HELP: &str =
     "the recipe fields are listed in README.md, section \"Base image recipes\"";
 
+/// Most skills one agent may list: each is one image layer, and the engine
+/// runs no image deeper than [`crate::oci::image::MAX_LAYERS`]; the rest is
+/// room for the base image's layers and bottle's own.
+pub const MAX_SKILLS: usize = 100;
+
 /// Home of the agent user inside every image.
 pub const AGENT_HOME: &str = "home/agent";
 pub const AGENT_UID: u64 = 1000;
@@ -338,6 +343,19 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
     };
 
     // skills
+    if raw.skills.len() > MAX_SKILLS {
+        return Err(bad(
+            "skills",
+            Some("skills"),
+            format!(
+                "{} skills listed; at most {MAX_SKILLS} are allowed (each skill is one image layer, \
+                 and the engine refuses to run an image deeper than {} layers)",
+                raw.skills.len(),
+                crate::oci::image::MAX_LAYERS
+            ),
+            "merge related skills into one skill folder, or drop some",
+        ));
+    }
     let mut skills: Vec<Skill> = Vec::new();
     for (i, s) in raw.skills.iter().enumerate() {
         let field = format!("skills[{i}]");
@@ -423,6 +441,7 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
 
     // env
     let mut env = Vec::new();
+    let mut seen = FirstSeen::default();
     for (i, e) in raw.env.iter().enumerate() {
         let field = format!("env[{i}]");
         if !policy::is_env_name(e) {
@@ -433,7 +452,7 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
                 "write only the NAME (letters, digits, `_`, not starting with a digit); values come from the host at run time",
             ));
         }
-        if let Some(j) = raw.env[..i].iter().position(|x| x == e) {
+        if let Some(j) = seen.check(e, i) {
             return Err(bad(
                 &field,
                 Some(e),
@@ -737,6 +756,30 @@ pub fn load_recipe(root: &Path, name: &str) -> Result<Recipe, ManifestError> {
         entrypoint: raw.entrypoint,
         cmd: raw.cmd,
     })
+}
+
+/// Where each item of a list was first seen: one hash lookup per item, so
+/// checking a list for duplicates is linear (a scan of the earlier items
+/// per item made 1M `env` names take minutes).
+struct FirstSeen<'a, T: ?Sized>(std::collections::HashMap<&'a T, usize>);
+
+impl<T: ?Sized> Default for FirstSeen<'_, T> {
+    fn default() -> Self {
+        FirstSeen(std::collections::HashMap::new())
+    }
+}
+
+impl<'a, T: ?Sized + Eq + std::hash::Hash> FirstSeen<'a, T> {
+    /// The index `item` was first seen at, or `None` (and remember `i`).
+    fn check(&mut self, item: &'a T, i: usize) -> Option<usize> {
+        match self.0.entry(item) {
+            std::collections::hash_map::Entry::Occupied(o) => Some(*o.get()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(i);
+                None
+            }
+        }
+    }
 }
 
 /// One JSON document under validation: its project-relative name and its
