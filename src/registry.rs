@@ -10,7 +10,6 @@
 //! Loopback registries (`localhost`, `127.0.0.0/8`, `::1`) are spoken to
 //! over plain HTTP, everything else over HTTPS.
 
-use std::fs::File;
 use std::io::Read;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -364,17 +363,24 @@ impl RegistryClient {
                 stats.blobs_mounted += 1;
                 continue;
             }
-            let size = store.size(digest)?;
             let path = store.blob_path(digest)?;
-            let file = store.open_blob(digest, name)?;
+            let blob = store.open_blob(digest, name)?;
+            let size = blob.len();
             let bar = progress.bytes(size, name);
-            let stream = file_chunks(file, path, bar.clone());
-            self.client
+            let read_error = ReadError::default();
+            let stream = file_chunks(blob, path.clone(), bar.clone(), read_error.clone());
+            let pushed = self
+                .client
                 .push_blob_stream(&by_digest, stream, digest, Some(size))
-                .await
-                .map_err(|e| {
-                    self.classify(format!("upload blob {digest} ({name}) to {repo}"), e)
-                })?;
+                .await;
+            // A local read error (a corrupt blob: the upload stopped before
+            // its last byte) is the story, not the aborted request.
+            if let Some(e) = read_error.take() {
+                return Err(OciError::io("cannot read", path, e).into());
+            }
+            pushed.map_err(|e| {
+                self.classify(format!("upload blob {digest} ({name}) to {repo}"), e)
+            })?;
             bar.finish("uploaded");
             stats.blobs_uploaded += 1;
             stats.bytes_uploaded += size;
@@ -813,11 +819,30 @@ fn choose_platform(
     })
 }
 
-/// Read a blob file in 1 MiB chunks as a stream, ticking the bar.
+/// The read error that ended a [`file_chunks`] stream, kept for the caller
+/// (the HTTP client only sees that the body failed).
+#[derive(Clone, Default)]
+struct ReadError(std::sync::Arc<std::sync::Mutex<Option<std::io::Error>>>);
+
+impl ReadError {
+    fn set(&self, e: std::io::Error) {
+        if let Ok(mut slot) = self.0.lock() {
+            slot.get_or_insert(e);
+        }
+    }
+
+    fn take(&self) -> Option<std::io::Error> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+/// Read a blob in 1 MiB chunks as a stream, ticking the bar; a read error
+/// ends the stream and is kept in `error`.
 fn file_chunks(
-    mut file: File,
+    mut file: impl Read + Send + 'static,
     path: std::path::PathBuf,
     bar: crate::progress::Bar,
+    error: ReadError,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>> + Send + 'static {
     let mut done = false;
     futures_util::stream::iter(std::iter::from_fn(move || {
@@ -837,10 +862,10 @@ fn file_chunks(
             }
             Err(e) => {
                 done = true;
-                Some(Err(OciDistributionError::IoError(std::io::Error::new(
-                    e.kind(),
-                    format!("cannot read {}: {e}", path.display()),
-                ))))
+                let shown =
+                    std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()));
+                error.set(e);
+                Some(Err(OciDistributionError::IoError(shown)))
             }
         }
     }))

@@ -233,15 +233,23 @@ pub async fn push(
     store: &BlobStore,
     progress: &Progress,
 ) -> Result<(Located, PushStats), ShareError> {
-    let stats = registry::copy(
-        (&source.registry, &source.repository),
-        &source.digest,
-        (to_registry, to_repo),
-        None,
-        store,
-        progress,
-    )
-    .await?;
+    let copy = || {
+        registry::copy(
+            (&source.registry, &source.repository),
+            &source.digest,
+            (to_registry, to_repo),
+            None,
+            store,
+            progress,
+        )
+    };
+    let stats = match copy().await {
+        // The corrupt blob is gone from the store now: the copy fetches it
+        // from the source registry (verified) and goes on; if that fails
+        // too, the corruption is the error to show.
+        Err(first) if is_corrupt_blob(&first) => copy().await.map_err(|_| first)?,
+        other => other?,
+    };
     Ok((
         Located {
             registry: to_registry.to_string(),
@@ -299,6 +307,35 @@ pub fn policy_of(image: &BuiltImage) -> Result<Policy, ShareError> {
         digest: image.manifest_digest.clone(),
         source,
     })
+}
+
+/// The image `source` names written to `path` ([`fetch`], then
+/// [`export`]). A blob found corrupt while it is written has been removed
+/// from the store: it is fetched again from the registry (verified) and the
+/// archive written anew; when that fails, the corruption is the error.
+pub async fn fetch_and_export(
+    source: &Located,
+    store: &BlobStore,
+    path: &Path,
+    progress: &Progress,
+) -> Result<BuiltImage, ShareError> {
+    let image = fetch(source, store, progress).await?;
+    match export(&image, store, path) {
+        Err(ShareError::Oci(first @ OciError::CorruptBlob { .. })) => {
+            let again = async {
+                let image = fetch(source, store, progress).await?;
+                export(&image, store, path)?;
+                Ok::<_, ShareError>(image)
+            };
+            again.await.map_err(|_| ShareError::Oci(first))
+        }
+        Err(e) => Err(e),
+        Ok(()) => Ok(image),
+    }
+}
+
+fn is_corrupt_blob(e: &RegistryError) -> bool {
+    matches!(e, RegistryError::Oci(OciError::CorruptBlob { .. }))
 }
 
 /// Write `image` to `path` (atomically). The `docker load` name is derived
