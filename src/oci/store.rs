@@ -47,6 +47,10 @@ pub(crate) fn take_removed() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// How the temp files of the store's writers start (blobs being written,
+/// and [`write_atomic`]'s).
+pub const TEMP_PREFIX: &str = ".tmp-";
+
 /// Handle on one OCI image layout directory.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
@@ -204,8 +208,11 @@ impl BlobStore {
     /// [`BlobWriter::commit`] succeeds.
     pub fn writer(&self) -> Result<BlobWriter, OciError> {
         let dir = self.blobs_dir();
+        // The writer's pid is in the name, so `gc` removes it only once
+        // this process is gone (a killed `lock` leaves it behind).
+        let prefix = crate::runner::owner::stamp(TEMP_PREFIX);
         let temp = tempfile::Builder::new()
-            .prefix(".tmp-")
+            .prefix(&prefix)
             .tempfile_in(&dir)
             .map_err(|e| OciError::io("cannot create a temp file in", &dir, e))?;
         let path = temp.path().to_path_buf();
@@ -216,35 +223,14 @@ impl BlobStore {
         })
     }
 
-    /// Remove `.tmp-*` files older than `min_age` that killed writers left
-    /// behind (never a blob: those have digest names). Returns how many
-    /// went. For `gc`; a live writer's temp file is younger than any sane
-    /// `min_age`.
-    pub fn remove_stale_temps(&self, min_age: std::time::Duration) -> Result<usize, OciError> {
-        let mut removed = 0;
-        for dir in [
+    /// The folders where writers of this store keep their temp files
+    /// (named [`TEMP_PREFIX`]`…`), for `gc`.
+    pub fn temp_dirs(&self) -> [PathBuf; 3] {
+        [
             self.blobs_dir(),
             self.root.join("cache").join("layers"),
             self.root.clone(),
-        ] {
-            let entries = fs::read_dir(&dir).map_err(|e| OciError::io("cannot list", &dir, e))?;
-            for entry in entries {
-                let entry = entry.map_err(|e| OciError::io("cannot list", &dir, e))?;
-                if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
-                    continue;
-                }
-                let old_enough = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age >= min_age);
-                if old_enough && fs::remove_file(entry.path()).is_ok() {
-                    removed += 1;
-                }
-            }
-        }
-        Ok(removed)
+        ]
     }
 
     fn layer_cache_path(&self, key: &str) -> PathBuf {

@@ -575,7 +575,7 @@ async fn start_and_run(
     // The config also lives in a private temp dir for the run's lifetime
     // (mode 600), so an operator can read what the sidecar enforces.
     let dir = tempfile::Builder::new()
-        .prefix("bottle-run-")
+        .prefix(&owner::stamp(gc::RUN_DIR_PREFIX))
         .tempdir()
         .map_err(|source| RunError::Io {
             what: "creating the run's temp dir".into(),
