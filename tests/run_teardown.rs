@@ -280,8 +280,8 @@ async fn after_sigkill_gc_removes_the_dead_run_and_spares_the_live_one() {
     assert_eq!(live_run["owner_alive"], true);
 
     let dry = fx.bottle(&["gc", "--dry-run", "--json"], &[]);
-    let dry: serde_json::Value = serde_json::from_str(&dry.stdout).unwrap();
-    let would = dry["runs"].as_array().unwrap();
+    let dry_json: serde_json::Value = serde_json::from_str(&dry.stdout).unwrap();
+    let would = dry_json["runs"].as_array().unwrap();
     assert!(
         would.iter().any(|r| r["run_id"] == dead_run["run_id"]),
         "{}",
