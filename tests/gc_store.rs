@@ -248,3 +248,82 @@ async fn gc_reports_a_network_it_could_not_remove_and_exits_1() {
         out.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_removes_the_temp_dir_of_a_sigkilled_run() {
+    let agent = "tdgctmp";
+    let Some(fx) = run_common::fixture(agent, &[]).await else {
+        return;
+    };
+    let _c = run_common::Cleanup {
+        agent: agent.into(),
+        extra_containers: vec![],
+        extra_networks: vec![],
+    };
+    let side = run_common::sidecar_image(&fx).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp_s = tmp.path().to_str().unwrap();
+    let mut run = fx.spawn(
+        &[
+            "run",
+            "--yes",
+            "--sidecar-image",
+            &side,
+            agent,
+            "--",
+            "sleep",
+            "120",
+        ],
+        &[("TMPDIR", tmp_s)],
+    );
+    let l = run_common::wait_for(&fx.docker, agent, std::time::Duration::from_secs(60), |l| {
+        l.iter()
+            .any(|s| s.starts_with("container") && !s.contains("-sidecar"))
+    })
+    .await;
+    assert!(!l.is_empty(), "the run never started: {}", run.stderr());
+    let run_dirs = || -> Vec<PathBuf> {
+        fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("bottle-run-")
+            })
+            .collect()
+    };
+    let dirs = run_dirs();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    run.signal(libc::SIGKILL);
+    assert_eq!(
+        run.wait(std::time::Duration::from_secs(10)),
+        Some(128 + libc::SIGKILL)
+    );
+    assert_eq!(run_dirs(), dirs, "SIGKILL cannot be caught: the dir stays");
+
+    let dry = fx.bottle(&["gc", "--dry-run", "--json"], &[("TMPDIR", tmp_s)]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    let json: serde_json::Value = serde_json::from_str(&dry.stdout).unwrap();
+    assert_eq!(temp_paths(&json), [dirs[0].display().to_string()]);
+    assert_eq!(json["temps"][0]["owner_pid"], run.pid());
+    assert_eq!(run_dirs(), dirs, "--dry-run removed something");
+
+    let out = fx.bottle(&["gc", "--json"], &[("TMPDIR", tmp_s)]);
+    // Exit 1 may only come from other runs on this shared engine.
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let failed = json["failed"].to_string();
+    assert!(
+        out.code == 0 || (out.code == 1 && !failed.contains(agent) && !failed.contains(tmp_s)),
+        "{}: {failed}",
+        out.stderr
+    );
+    assert_eq!(temp_paths(&json), [dirs[0].display().to_string()]);
+    assert!(run_dirs().is_empty(), "gc left {:?}", run_dirs());
+    assert_eq!(
+        run_common::leftovers(&fx.docker, agent).await,
+        Vec::<String>::new()
+    );
+}
