@@ -1157,6 +1157,31 @@ mod tests {
     }
 
     #[test]
+    fn only_transient_failures_are_retried() {
+        let server = |code| OciDistributionError::ServerError {
+            code,
+            url: "http://127.0.0.1:5000/v2/".into(),
+            message: String::new(),
+        };
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert!(is_transient(&server(code)), "{code}");
+        }
+        for code in [400, 401, 403, 404, 405, 501] {
+            assert!(!is_transient(&server(code)), "{code}");
+        }
+        let io = |kind| OciDistributionError::IoError(std::io::Error::from(kind));
+        assert!(is_transient(&io(std::io::ErrorKind::ConnectionReset)));
+        assert!(is_transient(&io(std::io::ErrorKind::UnexpectedEof)));
+        assert!(!is_transient(&io(std::io::ErrorKind::PermissionDenied)));
+        assert!(!is_transient(&OciDistributionError::DigestError(
+            oci_client::errors::DigestError::VerificationError {
+                expected: "a".into(),
+                actual: "b".into(),
+            }
+        )));
+    }
+
+    #[test]
     fn bad_registries_are_bad_input() {
         for r in ["", "http://localhost:5000", "localhost:5000/x", "a b"] {
             let e = RegistryClient::new(r).err().unwrap();

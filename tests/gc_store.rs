@@ -327,3 +327,31 @@ async fn gc_removes_the_temp_dir_of_a_sigkilled_run() {
         Vec::<String>::new()
     );
 }
+
+#[test]
+fn gc_sweeps_temp_files_even_when_the_engine_is_down() {
+    let cache = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dead = dead_pid();
+    let dead_part = write(
+        &cache
+            .path()
+            .join("fetch/sha256")
+            .join(format!("{}k9", owner::stamp_for(".part-", dead, 7))),
+        4096,
+    );
+    let socket = format!("unix://{}/no-engine.sock", tmp.path().display());
+    let env = [
+        ("BOTTLE_CACHE_DIR", cache.path().to_str().unwrap()),
+        ("TMPDIR", tmp.path().to_str().unwrap()),
+        ("DOCKER_HOST", socket.as_str()),
+    ];
+    let out = common::run_bottle(&["gc"], tmp.path(), &env);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(!dead_part.exists(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("1 temp file(s) or dir(s) (4096 bytes)"),
+        "{}",
+        out.stderr
+    );
+}

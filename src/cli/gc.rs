@@ -6,7 +6,7 @@
 
 use std::io::Write;
 
-use super::CliResult;
+use super::{CliError, CliResult};
 use crate::runner::gc;
 
 #[derive(clap::Args, Debug)]
@@ -20,8 +20,16 @@ pub struct Args {
 }
 
 pub async fn exec(args: Args) -> CliResult {
-    let docker = crate::engine::connect().await?;
-    let mut sweep = gc::gc(&docker, args.dry_run).await?;
+    // Temp files need no engine: they are swept even when it is down (the
+    // engine's error still ends the command, exit 3, after the report).
+    let engine = match crate::engine::connect().await {
+        Ok(docker) => gc::gc(&docker, args.dry_run).await.map_err(CliError::from),
+        Err(e) => Err(CliError::from(e)),
+    };
+    let (mut sweep, engine_error) = match engine {
+        Ok(sweep) => (sweep, None),
+        Err(e) => (gc::Sweep::default(), Some(e)),
+    };
     let places = gc::temp_places(&std::env::temp_dir(), &crate::oci::store::cache_root());
     let temps = gc::stale_temps(&places);
     if args.dry_run {
@@ -42,6 +50,9 @@ pub async fn exec(args: Args) -> CliResult {
     }
     for f in &sweep.failed {
         eprintln!("error: could not remove {} {}: {}", f.kind, f.name, f.error);
+    }
+    if let Some(e) = engine_error {
+        return Err(e);
     }
     Ok(if sweep.failed.is_empty() { 0 } else { 1 })
 }
