@@ -9,7 +9,9 @@
 #[macro_use]
 mod say;
 
+pub mod acquire;
 pub mod cli;
+pub mod debian;
 pub mod egress;
 pub mod engine;
 pub mod error;

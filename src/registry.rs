@@ -589,6 +589,24 @@ impl RegistryClient {
         }
     }
 
+    /// Is the blob `digest` in `repo`? (A HEAD; the no-op `lock` asks it for
+    /// every blob of the image, so a registry that lost one layer is seen.)
+    pub async fn blob_exists(&self, repo: &str, digest: &str) -> Result<bool, RegistryError> {
+        hex_part(digest)?;
+        let r = self.reference(repo, digest)?;
+        self.client
+            .store_auth_if_needed(&self.registry, &RegistryAuth::Anonymous)
+            .await;
+        self.retry(&format!("look up blob {repo}@{digest}"), || async {
+            match self.client.blob_exists(&r, digest).await {
+                Ok(b) => Ok(b),
+                Err(e) if is_not_found(&e) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
     /// Pull `repo` at `tag_or_digest` (`latest`, `sha256:…`) for `platform`
     /// into the store; every blob verified. Blobs already in the store are
     /// not fetched again.
@@ -855,11 +873,22 @@ pub async fn manifest_exists(
     digest: &str,
 ) -> Result<bool, RegistryError> {
     hex_part(digest)?;
-    if let Some(answer) = loopback_manifest_exists(registry, repo, digest).await {
+    if let Some(answer) = loopback_exists(registry, repo, "manifests", digest).await {
         return Ok(answer);
     }
     RegistryClient::new(registry)?
         .manifest_exists(repo, digest)
+        .await
+}
+
+/// Is blob `digest` in `registry/repo`? Asked like [`manifest_exists`].
+pub async fn blob_exists(registry: &str, repo: &str, digest: &str) -> Result<bool, RegistryError> {
+    hex_part(digest)?;
+    if let Some(answer) = loopback_exists(registry, repo, "blobs", digest).await {
+        return Ok(answer);
+    }
+    RegistryClient::new(registry)?
+        .blob_exists(repo, digest)
         .await
 }
 
@@ -870,7 +899,7 @@ pub async fn manifest_exists(
 /// is not a clear yes or no (not loopback, auth required, connection
 /// trouble): the caller then asks through the full client, which retries
 /// and reports errors properly.
-async fn loopback_manifest_exists(registry: &str, repo: &str, digest: &str) -> Option<bool> {
+async fn loopback_exists(registry: &str, repo: &str, kind: &str, digest: &str) -> Option<bool> {
     use http_body_util::Empty;
     use hyper::body::Bytes;
 
@@ -893,7 +922,7 @@ async fn loopback_manifest_exists(registry: &str, repo: &str, digest: &str) -> O
         .ok()?;
     let driver = tokio::spawn(conn);
     let accept = MANIFEST_TYPES.join(", ");
-    let req = hyper::Request::head(format!("/v2/{repo}/manifests/{digest}"))
+    let req = hyper::Request::head(format!("/v2/{repo}/{kind}/{digest}"))
         .header(hyper::header::HOST, registry)
         .header(hyper::header::ACCEPT, accept)
         .body(Empty::new())

@@ -149,10 +149,29 @@ fn export_fetches_a_corrupt_blob_again_or_fails_naming_it() {
     );
     fs::remove_file(&tar).unwrap();
 
-    // Registry down: exit 1 naming the blob; no archive, no temp file, and
-    // the corrupt blob is gone from the store.
+    // Registry down, but the agent's lockfile is here: the image is
+    // rebuilt from it, the same bytes.
     flip_byte(&p, &tools);
     let out = p.bottle(&["export", "hello", "-o", tar_s], None, &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains(&warning(&p, &tools, "image blob")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(sha256_file(&blob_path(&p, &tools)), tools);
+    fs::remove_file(&tar).unwrap();
+
+    // Registry down and a bare registry reference (nothing to rebuild it
+    // from): exit 1 naming the blob; no archive, no temp file, and the
+    // corrupt blob is gone from the store.
+    flip_byte(&p, &tools);
+    let manifest = lock_support::lock_json(&p, "hello")["image"]["manifest_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bare = format!("127.0.0.1:9/bottle/hello@{manifest}");
+    let out = p.bottle(&["export", &bare, "-o", tar_s], None, &[]);
     assert_eq!(out.code, 1, "{out:?}");
     let store = p.cache.path().join("oci");
     assert!(
