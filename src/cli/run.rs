@@ -53,6 +53,10 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pids: Option<u64>,
 
+    /// Size of the home and of /tmp in MiB, each (memory-backed; default: the bottle's policy)
+    #[arg(long, value_name = "MIB")]
+    disk: Option<u64>,
+
     /// Existing Docker network for the sidecar's way out (default: a per-run bridge network, removed at the end)
     #[arg(long, value_name = "NAME")]
     egress_network: Option<String>,
@@ -111,6 +115,7 @@ pub async fn exec(args: Args) -> CliResult {
         memory_mib: args.memory,
         cpu_millis,
         pids: args.pids,
+        disk_mib: args.disk,
         egress_network: args.egress_network.clone(),
         trust_hosts: args.trust_hosts.clone(),
         dns_mitigation: false,
@@ -200,6 +205,12 @@ pub async fn exec(args: Args) -> CliResult {
     for e in &outcome.teardown_errors {
         eprintln!("bottle: teardown: {e}");
     }
+    if let Some(why) = &outcome.sidecar_lost {
+        eprintln!(
+            "bottle: {why}; the bottle was torn down (exit {})",
+            runner::SIDECAR_LOST_EXIT
+        );
+    }
     if let Some(sig) = outcome.signal {
         eprintln!("bottle: stopped by {sig}; the bottle was torn down");
     }
@@ -279,8 +290,8 @@ fn render_plan(plan: &RunPlan, config: &str) -> String {
         ));
     }
     s.push_str(&format!(
-        "  hardening: non-root, cap-drop ALL, no-new-privileges, read-only root, tmpfs /tmp, home {} dies with the bottle, init, no published ports, default seccomp\n",
-        c.home
+        "  hardening: non-root, cap-drop ALL, no-new-privileges, read-only root, home {} and /tmp are tmpfs of {} MiB each (in memory, gone with the bottle), init, no published ports, the engine's default seccomp\n",
+        c.home, plan.limits.disk_mib
     ));
     s.push_str("sidecar config:\n");
     for line in config.lines() {

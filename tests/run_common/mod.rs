@@ -65,6 +65,9 @@ pub async fn fixture(agent: &str, allow: &[&str]) -> Option<Fixture> {
             memory_mib: 256,
             cpu_millis: 1000,
             pids: 128,
+            // Well below memory, so writing past it fails with "no space"
+            // before the memory limit (which tmpfs pages count against).
+            disk_mib: 64,
         },
     };
     let image = build(&agent_spec(&policy), &store).unwrap();
@@ -538,6 +541,54 @@ pub async fn sidecar_image(fx: &Fixture) -> String {
         fx.reg.localhost(),
         image.manifest_digest
     )
+}
+
+/// A name this machine's own configuration says it resolves, read at run
+/// time (never written into the code): the host of the first URI in the
+/// package sources (`/etc/apt/sources.list.d/*.sources` `URIs:` lines, then
+/// `deb` lines of `/etc/apt/sources.list`), else the first `search` domain
+/// of `/etc/resolv.conf`. `None` when the machine names none.
+pub fn host_resolvable_name() -> Option<String> {
+    let mut texts = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut paths: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for p in paths {
+            if let Ok(t) = std::fs::read_to_string(&p) {
+                texts.push(t);
+            }
+        }
+    }
+    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
+        texts.push(t);
+    }
+    let uri_host = |uri: &str| -> Option<String> {
+        let rest = uri.split_once("://")?.1;
+        let host = rest.split(['/', ':']).next()?;
+        (!host.is_empty() && host.contains('.') && host.parse::<std::net::IpAddr>().is_err())
+            .then(|| host.to_string())
+    };
+    for t in &texts {
+        for line in t.lines().map(str::trim) {
+            let uris = if let Some(u) = line.strip_prefix("URIs:") {
+                u
+            } else if line.starts_with("deb ") || line.starts_with("deb-src ") {
+                line
+            } else {
+                continue;
+            };
+            if let Some(h) = uris.split_whitespace().find_map(uri_host) {
+                return Some(h);
+            }
+        }
+    }
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    resolv.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("search")?;
+        rest.split_whitespace()
+            .find(|d| d.contains('.'))
+            .map(str::to_string)
+    })
 }
 
 /// A project root with only a lockfile (no registry, no engine needed):
