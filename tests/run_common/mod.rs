@@ -18,7 +18,8 @@ use bollard::models::{
     ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, ListContainersOptions, ListNetworksOptions, RemoveContainerOptions,
+    CreateContainerOptions, ListContainersOptions, ListNetworksOptions, ListVolumesOptions,
+    RemoveContainerOptions,
 };
 use bottle::oci::spec::{Base, ConfigSpec, Entry, EntryKind, FileSource, ImageSpec, LayerSpec};
 use bottle::oci::{BlobStore, build};
@@ -107,6 +108,12 @@ pub fn agent_spec(policy: &Policy) -> ImageSpec {
         ),
         e("home", 0o755, 0, EntryKind::Dir),
         e("home/agent", 0o755, 1000, EntryKind::Dir),
+        e(
+            "home/agent/.from-image",
+            0o644,
+            1000,
+            EntryKind::File(FileSource::Bytes(b"home-from-image\n".to_vec())),
+        ),
         e("tmp", 0o1777, 0, EntryKind::Dir),
         e("www", 0o755, 0, EntryKind::Dir),
         e(
@@ -140,6 +147,9 @@ pub fn agent_spec(policy: &Policy) -> ImageSpec {
         "mount",
         "sed",
         "sha256sum",
+        "dd",
+        "df",
+        "stat",
     ] {
         entries.push(e(
             &format!("bin/{applet}"),
@@ -257,7 +267,7 @@ impl Drop for Spawned {
     }
 }
 
-/// Names of containers and networks carrying the runner's label whose agent
+/// Names of containers, networks and volumes carrying the runner's label whose agent
 /// label is `agent` (each test uses its own agent name, so parallel tests do
 /// not see each other).
 pub async fn leftovers(docker: &Docker, agent: &str) -> Vec<String> {
@@ -280,12 +290,23 @@ pub async fn leftovers(docker: &Docker, agent: &str) -> Vec<String> {
     }
     for n in docker
         .list_networks(Some(ListNetworksOptions {
-            filters: Some(filters),
+            filters: Some(filters.clone()),
         }))
         .await
         .unwrap()
     {
         out.push(format!("network {}", n.name.unwrap_or_default()));
+    }
+    for v in docker
+        .list_volumes(Some(ListVolumesOptions {
+            filters: Some(filters),
+        }))
+        .await
+        .unwrap()
+        .volumes
+        .unwrap_or_default()
+    {
+        out.push(format!("volume {}", v.name));
     }
     out
 }
@@ -541,6 +562,20 @@ pub async fn sidecar_image(fx: &Fixture) -> String {
         fx.reg.localhost(),
         image.manifest_digest
     )
+}
+
+/// Build `spec` and push it to the fixture's registry as `repo`; returns
+/// `<registry>/<repo>@sha256:…` for `bottle run`.
+pub async fn push_spec(fx: &Fixture, repo: &str, spec: &ImageSpec) -> String {
+    let cache = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(cache.path()).unwrap();
+    let image = build(spec, &store).unwrap();
+    RegistryClient::new(&fx.reg.host())
+        .unwrap()
+        .push(repo, None, &image, &store, &Progress::hidden())
+        .await
+        .unwrap();
+    format!("{}/{repo}@{}", fx.reg.localhost(), image.manifest_digest)
 }
 
 /// A name this machine's own configuration says it resolves, read at run
