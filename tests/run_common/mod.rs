@@ -306,7 +306,8 @@ pub async fn leftovers(docker: &Docker, agent: &str) -> Vec<String> {
         .volumes
         .unwrap_or_default()
     {
-        out.push(format!("volume {}", v.name));
+        let run = v.labels.get(RUN_LABEL).cloned().unwrap_or_default();
+        out.push(format!("volume {} of {run}", v.name));
     }
     out
 }
