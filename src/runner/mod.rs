@@ -801,8 +801,11 @@ fn watch_sidecar(docker: &Docker, name: &str) -> SidecarWatch {
         // the sidecar: stay silent rather than end a healthy run.
         if let Ok(code) = session::wait_exit(&docker, &name).await {
             let how = format!("exit code {code}");
-            eprintln!(
-                "bottle: the egress sidecar {name} stopped ({how}); the agent has no way out, ending the run"
+            // The terminal may be in raw mode (an interactive session):
+            // carriage returns keep the line readable there.
+            let cr = if session::is_tty(libc::STDERR_FILENO) { "\r" } else { "" };
+            eprint!(
+                "{cr}\nbottle: the egress sidecar {name} stopped ({how}); the agent has no way out, ending the run{cr}\n"
             );
             let _ = tx.send(Some((name, how)));
         }
