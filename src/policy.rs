@@ -360,7 +360,8 @@ mod tests {
     /// rules, and the error names the field.
     #[test]
     fn hostile_label_fields_are_refused_by_name() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Edit)> = vec![
             ("agent", Box::new(|v| v["agent"] = "../../x Y".into())),
             ("agent", Box::new(|v| v["agent"] = "".into())),
             (

@@ -803,7 +803,11 @@ fn watch_sidecar(docker: &Docker, name: &str) -> SidecarWatch {
             let how = format!("exit code {code}");
             // The terminal may be in raw mode (an interactive session):
             // carriage returns keep the line readable there.
-            let cr = if session::is_tty(libc::STDERR_FILENO) { "\r" } else { "" };
+            let cr = if session::is_tty(libc::STDERR_FILENO) {
+                "\r"
+            } else {
+                ""
+            };
             eprint!(
                 "{cr}\nbottle: the egress sidecar {name} stopped ({how}); the agent has no way out, ending the run{cr}\n"
             );
