@@ -600,6 +600,9 @@ pub fn hardened_host_config(spec: &ContainerSpec<'_>) -> HostConfig {
         init: Some(true),
         pids_limit: Some(spec.limits.pids as i64),
         memory: Some(memory),
+        // /dev/shm is writable too: no larger than the engine's usual 64 MiB
+        // nor than the disk limit.
+        shm_size: Some((spec.limits.disk_mib.min(64) * 1024 * 1024) as i64),
         // Equal to memory: no swap on top of the limit.
         memory_swap: Some(memory),
         nano_cpus: Some((spec.limits.cpu_millis * 1_000_000) as i64),

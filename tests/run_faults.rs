@@ -80,7 +80,7 @@ df -k "$HOME" /tmp | awk 'NR>1 {print "df:", $1, $2}'
     let out = fx.bottle(
         &[
             "run", "--yes", "--disk", "16", agent, "--", "sh", "-c",
-            "dd if=/dev/zero of=$HOME/big bs=1M count=32 2>/dev/null; echo rc=$? size=$(stat -c %s $HOME/big)",
+            "dd if=/dev/zero of=/dev/shm/big bs=1M count=32 2>/dev/null; echo shm-rc=$? >&2; dd if=/dev/zero of=$HOME/big bs=1M count=32 2>/dev/null; echo rc=$? size=$(stat -c %s $HOME/big)",
         ],
         &[],
     );
@@ -93,6 +93,11 @@ df -k "$HOME" /tmp | awk 'NR>1 {print "df:", $1, $2}'
         .unwrap_or_else(|| panic!("{}", out.stdout));
     assert!(size <= 16 * mib && size >= 15 * mib, "{}", out.stdout);
     assert!(out.stderr.contains("16 MiB disk"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("shm-rc=1"),
+        "/dev/shm too: {}",
+        out.stderr
+    );
     assert_eq!(leftovers(&fx.docker, agent).await, Vec::<String>::new());
 }
 

@@ -639,39 +639,9 @@ async fn start_and_run(
     // the engine fills it with the image's home; creating runs nothing) and
     // started only once the sidecar is ready.
     let c = &plan.container;
-    let mut env = Vec::new();
-    for e in &c.env {
-        match &e.value {
-            EnvValue::Fixed(v) => env.push(format!("{}={}", e.name, v)),
-            EnvValue::Host { from, .. } => {
-                if let Ok(v) = std::env::var(from) {
-                    env.push(format!("{}={}", e.name, v));
-                }
-            }
-        }
-    }
     check(&stop)?;
     guard.agent(&c.name);
-    let spec = ContainerSpec {
-        name: &c.name,
-        image: &plan.image.reference,
-        user: &c.user,
-        env,
-        cmd: c.command.clone(),
-        tty: c.tty,
-        stdin: interactive,
-        labels: &c.labels,
-        network: &net.internal,
-        limits: plan.limits,
-        dns: c.dns.clone(),
-        volumes: vec![],
-        image_volumes: plan.image.volumes.clone(),
-        home: Some(HomeMount::Use {
-            volume: home_volume,
-            target: c.home.clone(),
-        }),
-        workspace: c.workspace.as_deref(),
-    };
+    let spec = agent_spec(plan, home_volume, interactive);
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let (ready, created) = tokio::join!(
         start_sidecar(
@@ -701,6 +671,43 @@ async fn start_and_run(
         session::run_agent(docker, &c.name, c.tty, interactive, &mut stop, lost.rx()).await?;
     phases.mark("agent ran");
     Ok(code.clamp(0, 255) as u8)
+}
+
+/// The agent's create body: internal network only; secret values are read
+/// from the host here and go nowhere but this body.
+fn agent_spec(plan: &RunPlan, home_volume: String, interactive: bool) -> ContainerSpec<'_> {
+    let c = &plan.container;
+    let mut env = Vec::new();
+    for e in &c.env {
+        match &e.value {
+            EnvValue::Fixed(v) => env.push(format!("{}={}", e.name, v)),
+            EnvValue::Host { from, .. } => {
+                if let Ok(v) = std::env::var(from) {
+                    env.push(format!("{}={}", e.name, v));
+                }
+            }
+        }
+    }
+    ContainerSpec {
+        name: &c.name,
+        image: &plan.image.reference,
+        user: &c.user,
+        env,
+        cmd: c.command.clone(),
+        tty: c.tty,
+        stdin: interactive,
+        labels: &c.labels,
+        network: &plan.networks.internal,
+        limits: plan.limits,
+        dns: c.dns.clone(),
+        volumes: vec![],
+        image_volumes: plan.image.volumes.clone(),
+        home: Some(HomeMount::Use {
+            volume: home_volume,
+            target: c.home.clone(),
+        }),
+        workspace: c.workspace.as_deref(),
+    }
 }
 
 fn builtin_sidecar_kind(plan: &RunPlan) -> bool {
