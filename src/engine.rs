@@ -5,7 +5,8 @@
 //! Invariants:
 //! - Every container this module creates is hardened the same way (see
 //!   [`hardened_host_config`]): non-root, no capabilities, no-new-privileges,
-//!   read-only root, tmpfs `/tmp`, an init, pids/memory/CPU limits, no
+//!   read-only root, every writable place a tmpfs of `limits.disk` (`/tmp`,
+//!   `/dev/shm`, image volumes, the agent's home), an init, pids/memory/CPU limits, no
 //!   published ports, no host namespaces, the default seccomp profile, and
 //!   no bind mount except an explicitly requested workspace.
 //! - Removal is idempotent: "no such container/network" is success, so a
@@ -299,8 +300,8 @@ pub async fn remove_network(docker: &Docker, name: &str) -> Result<(), EngineErr
     }
 }
 
-/// Kill and remove a container with its anonymous volumes (the writable home
-/// and the sidecar's config volume die with it).
+/// Kill and remove a container with its anonymous volumes (the sidecar's
+/// config volume and the agent's home volume it holds die with it).
 pub async fn remove_container(docker: &Docker, name: &str) -> Result<(), EngineError> {
     let opts = RemoveContainerOptions {
         force: true,
