@@ -145,20 +145,16 @@ async fn the_preflight_states_the_engines_isolation_as_the_engine_reports_it() {
     assert_eq!(leftovers(&fx.docker, agent).await, Vec::<String>::new());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_sidecar_killed_mid_session_ends_the_run_with_exit_4() {
-    let agent = "fkill";
-    let Some(fx) = fixture(agent, &["upstream.bottle.test"]).await else {
-        return;
-    };
-    let _c = cleanup(agent);
-    let side = sidecar_image(&fx).await;
-    let mut run = fx.spawn(
+/// Start `bottle run … -- sleep 120` and wait until both containers run;
+/// returns the run and its sidecar's name.
+async fn start_sleeper(fx: &run_common::Fixture, side: &str) -> (run_common::Spawned, String) {
+    let agent = &fx.agent;
+    let run = fx.spawn(
         &[
             "run",
             "--yes",
             "--sidecar-image",
-            &side,
+            side,
             agent,
             "--",
             "sleep",
@@ -166,12 +162,8 @@ async fn a_sidecar_killed_mid_session_ends_the_run_with_exit_4() {
         ],
         &[],
     );
-    let running = |l: &[String]| l.iter().filter(|s| s.starts_with("container")).count() == 2;
-    let l = wait_for(&fx.docker, agent, Duration::from_secs(60), running).await;
-    assert!(running(&l), "never started: {l:?}\n{}", run.stderr());
-    // Wait until the agent itself runs (the sidecar is then ready).
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let sidecar = loop {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
         let cs = fx
             .docker
             .list_containers(Some(ListContainersOptions {
@@ -193,11 +185,29 @@ async fn a_sidecar_killed_mid_session_ends_the_run_with_exit_4() {
             .map(|n| n.trim_start_matches('/').to_string())
             .collect();
         if names.len() == 2 {
-            break names.into_iter().find(|n| n.ends_with("-sidecar")).unwrap();
+            let sidecar = names.into_iter().find(|n| n.ends_with("-sidecar")).unwrap();
+            return (run, sidecar);
         }
-        assert!(std::time::Instant::now() < deadline, "{names:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never started: {names:?}\n{}",
+            run.stderr()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sidecar_killed_mid_session_ends_the_run_with_exit_4() {
+    let agent = "fkill";
+    let Some(fx) = fixture(agent, &["upstream.bottle.test"]).await else {
+        return;
     };
+    let _c = cleanup(agent);
+    let side = sidecar_image(&fx).await;
+
+    // `docker kill` of the sidecar through the engine API.
+    let (mut run, sidecar) = start_sleeper(&fx, &side).await;
     let t0 = std::time::Instant::now();
     fx.docker
         .kill_container(&sidecar, None::<KillContainerOptions>)
@@ -219,6 +229,30 @@ async fn a_sidecar_killed_mid_session_ends_the_run_with_exit_4() {
     );
     assert!(err.contains("torn down (exit 4)"), "{err}");
     assert_eq!(leftovers(&fx.docker, agent).await, Vec::<String>::new());
+
+    // `docker rm -f` of the sidecar (its volumes kept): the run ends the
+    // same way, and the home volume the sidecar held does not outlive it.
+    let (mut run, sidecar) = start_sleeper(&fx, &side).await;
+    fx.docker
+        .remove_container(
+            &sidecar,
+            Some(bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                v: false,
+                link: false,
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        run.wait(Duration::from_secs(30)),
+        Some(4),
+        "{}",
+        run.stderr()
+    );
+    assert!(run.stderr().contains("no way out"), "{}", run.stderr());
+    let left = wait_for(&fx.docker, agent, Duration::from_secs(5), |l| l.is_empty()).await;
+    assert_eq!(left, Vec::<String>::new());
 }
 
 /// Everything on the engine whose name or labels mention `needle`.

@@ -2,8 +2,9 @@
 //! create call, since a cancelled call may still have created the object)
 //! and removes it in the one safe order: agent, sidecar, networks, the
 //! run's labeled volumes (the home volume normally dies with the sidecar;
-//! this catches one whose sidecar someone removed by hand), temp files. Runs from the normal path (`finish`), and from `Drop` on a panic or
-//! an early return, on a fresh thread with its own runtime and engine client.
+//! this catches one whose sidecar someone removed by hand), temp files.
+//! Runs from the normal path (`finish`), and from `Drop` on a panic or an
+//! early return, on a fresh thread with its own runtime and engine client.
 
 use std::time::Duration;
 

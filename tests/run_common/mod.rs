@@ -329,7 +329,7 @@ pub async fn wait_for(
     }
 }
 
-/// Removes every object labeled for `agent` on drop (a failing test must
+/// Removes every container, network and volume labeled for `agent` on drop (a failing test must
 /// not leave anything behind).
 pub struct Cleanup {
     pub agent: String,
@@ -380,7 +380,7 @@ impl Drop for Cleanup {
                 }
                 let ns = docker
                     .list_networks(Some(ListNetworksOptions {
-                        filters: Some(filters),
+                        filters: Some(filters.clone()),
                     }))
                     .await
                     .unwrap_or_default();
@@ -388,6 +388,21 @@ impl Drop for Cleanup {
                 nets.extend(networks);
                 for n in nets {
                     let _ = docker.remove_network(&n).await;
+                }
+                let vs = docker
+                    .list_volumes(Some(ListVolumesOptions {
+                        filters: Some(filters),
+                    }))
+                    .await
+                    .map(|l| l.volumes.unwrap_or_default())
+                    .unwrap_or_default();
+                for v in vs {
+                    let _ = docker
+                        .remove_volume(
+                            &v.name,
+                            None::<bollard::query_parameters::RemoveVolumeOptions>,
+                        )
+                        .await;
                 }
             });
         })
