@@ -12,6 +12,9 @@ use crate::reference::Reference;
 use crate::runner::{self, Request};
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Exit code: the agent's own; 4 when the egress sidecar stopped mid-session (the run was ended and torn down); 129/130/143 after SIGHUP/SIGINT/SIGTERM; 1, 2, 3 when bottle itself failed (run, input, environment)."
+)]
 pub struct Args {
     /// <agent> | <agent>@sha256:… | <registry>/<repo>@sha256:… (tags are refused)
     #[arg(value_name = "REF")]
