@@ -99,6 +99,33 @@ df -k "$HOME" /tmp | awk 'NR>1 {print "df:", $1, $2}'
         out.stderr
     );
     assert_eq!(leftovers(&fx.docker, agent).await, Vec::<String>::new());
+
+    // A disk limit above the memory limit: the home's pages count against
+    // memory, so the writer is OOM-killed before it holds more than that.
+    let out = fx.bottle(
+        &[
+            "run", "--yes", "--memory", "64", "--disk", "256", agent, "--", "sh", "-c",
+            "dd if=/dev/zero of=$HOME/big bs=1M count=128 2>/dev/null; echo rc=$? size=$(stat -c %s $HOME/big)",
+        ],
+        &[],
+    );
+    if out.stdout.contains("rc=137") {
+        let size: u64 = out
+            .stdout
+            .trim()
+            .rsplit("size=")
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{}", out.stdout));
+        assert!(size < 64 * mib, "held {size} bytes with 64 MiB of memory");
+    } else {
+        assert_eq!(
+            out.code, 137,
+            "OOM kill expected: {} {}",
+            out.stdout, out.stderr
+        );
+    }
+    assert_eq!(leftovers(&fx.docker, agent).await, Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread")]
