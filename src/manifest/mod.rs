@@ -111,6 +111,8 @@ struct RawLimits {
     cpus: Option<f64>,
     #[serde(default)]
     pids: Option<u64>,
+    #[serde(default)]
+    disk: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -602,6 +604,26 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
             }
             limits.pids = p;
         }
+        if let Some(d) = &l.disk {
+            limits.disk_mib = parse_memory(d).ok_or_else(|| {
+                bad(
+                    "limits.disk",
+                    Some(d),
+                    format!("`{d}` is not a size"),
+                    "write a positive size with a unit: `512m`, `1g`, `2GiB`",
+                )
+            })?;
+        }
+        // The same bounds an image's policy label is held to at run time.
+        limits.check().map_err(|(f, problem)| {
+            let field = match f {
+                "memory_mib" => "limits.memory",
+                "cpu_millis" => "limits.cpus",
+                "disk_mib" => "limits.disk",
+                _ => "limits.pids",
+            };
+            bad(field, None, problem, "write a smaller value")
+        })?;
     }
 
     // prompt
@@ -1053,7 +1075,7 @@ fn is_skill_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
 }
 
-fn check_reference(s: &str) -> Result<(), String> {
+pub(crate) fn check_reference(s: &str) -> Result<(), String> {
     oci_client::Reference::try_from(s)
         .map(|_| ())
         .map_err(|e| format!("`{s}` is not an OCI reference ({e})"))

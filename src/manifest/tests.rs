@@ -287,4 +287,38 @@ fn a_long_env_list_loads_and_a_late_duplicate_names_the_first() {
     let e = err(d.path());
     assert_eq!(e.field, format!("env[{n}]"));
     assert!(e.problem.contains("(also env[3])"), "{}", e.problem);
+fn limits_disk_is_parsed_like_memory_and_bounded() {
+    let d = project();
+    write_manifest(
+        d.path(),
+        r#"{"schema": 1, "image": "base", "limits": {"memory": "512m", "disk": "2g"}}"#,
+    );
+    let a = load_agent(d.path(), "a").unwrap();
+    assert_eq!(a.limits.disk_mib, 2048);
+    assert_eq!(a.limits.memory_mib, 512);
+    assert!(
+        a.policy(None)
+            .to_canonical_json()
+            .contains("\"disk_mib\":2048")
+    );
+
+    write_manifest(
+        d.path(),
+        r#"{"schema": 1, "image": "base", "limits": {"disk": "lots"}}"#,
+    );
+    let e = err(d.path());
+    assert_eq!(e.field, "limits.disk");
+    assert!(e.problem.contains("`lots` is not a size"), "{}", e.problem);
+
+    write_manifest(
+        d.path(),
+        r#"{"schema": 1, "image": "base", "limits": {"disk": "99999999999g"}}"#,
+    );
+    assert_eq!(err(d.path()).field, "limits.disk");
+
+    // Unset: the default, and absent from the label (old digests hold).
+    write_manifest(d.path(), r#"{"schema": 1, "image": "base"}"#);
+    let a = load_agent(d.path(), "a").unwrap();
+    assert_eq!(a.limits.disk_mib, crate::policy::DEFAULT_DISK_MIB);
+    assert!(!a.policy(None).to_canonical_json().contains("disk_mib"));
 }
