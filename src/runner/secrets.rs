@@ -198,6 +198,7 @@ mod tests {
             size: None,
             user: String::new(),
             home: "/home/agent".into(),
+            volumes: vec![],
         };
         let side = SidecarImage {
             image: "s".into(),
