@@ -343,6 +343,7 @@ async fn hostile_policy_labels_are_refused_before_anything_is_created() {
             image: None,
         },
         limits: Limits::default(),
+        secrets: vec![],
     };
     type Edit = fn(&mut serde_json::Value);
     let cases: [(&str, &str, Edit); 5] = [

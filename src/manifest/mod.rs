@@ -952,12 +952,15 @@ impl<'a, T: ?Sized + Eq + std::hash::Hash> FirstSeen<'a, T> {
     }
 }
 
+/// Builds a diagnostic for (field, needle, problem, help).
+type BadField<'a> = dyn Fn(&str, Option<&str>, String, &str) -> ManifestError + 'a;
+
 /// Validate a recipe's `packages` (names, architecture, archive).
 fn check_packages(
     p: &RawPackages,
     from: &From,
     value: &serde_json::Value,
-    bad: &dyn Fn(&str, Option<&str>, String, &str) -> ManifestError,
+    bad: &BadField<'_>,
 ) -> Result<Packages, ManifestError> {
     if *from != From::Scratch {
         return Err(bad(
