@@ -186,6 +186,11 @@ impl Fixture {
             ("BOTTLE_REGISTRY".into(), self.reg.localhost()),
             ("BOTTLE_ROOT".into(), self.root.path().display().to_string()),
             ("BOTTLE_ALLOW_UNPATCHED_ENGINE".into(), "1".into()),
+            // Audit records stay in the test's project, not the user's home.
+            (
+                "BOTTLE_STATE_DIR".into(),
+                self.root.path().join(".state").display().to_string(),
+            ),
         ]
     }
 
