@@ -287,6 +287,9 @@ fn a_long_env_list_loads_and_a_late_duplicate_names_the_first() {
     let e = err(d.path());
     assert_eq!(e.field, format!("env[{n}]"));
     assert!(e.problem.contains("(also env[3])"), "{}", e.problem);
+}
+
+#[test]
 fn limits_disk_is_parsed_like_memory_and_bounded() {
     let d = project();
     write_manifest(
