@@ -9,9 +9,13 @@
 //! - plain `lock` changes a pin (base digest, fetched hash, sidecar image)
 //!   only when the manifest changed what it pins; `--update` re-resolves all;
 //! - when the inputs hash equals the lockfile's, nothing is rebuilt and the
-//!   lockfile is not written; the image is only confirmed in the registry;
+//!   lockfile is not written; the image is only confirmed (every blob) in
+//!   the registry, or in the local store when no registry is configured;
+//! - the local blob store is the image's home; a registry is optional and
+//!   `--offline` never touches the network (nothing is pushed or checked);
 //! - the lockfile is written last, atomically, and only after the image was
-//!   built and pushed: a failed `lock` leaves the old lockfile intact;
+//!   built (and pushed, when a registry is named): a failed `lock` leaves
+//!   the old lockfile intact;
 //! - `check` and `lock` compute digests through the same code
 //!   (`resolve::image_spec` then `oci::build`).
 
@@ -75,6 +79,8 @@ pub enum LockError {
     Offline { what: String },
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Debian(#[from] crate::debian::DebError),
     #[error("{action} {}: {source}", .path.display())]
     Io {
         action: &'static str,
@@ -117,6 +123,7 @@ impl Classify for LockError {
             | LockError::Offline { .. }
             | LockError::Io { .. } => ExitKind::Environment,
             LockError::Registry(e) => e.exit_kind(),
+            LockError::Debian(e) => e.exit_kind(),
             LockError::Internal(_) => ExitKind::Failure,
         }
     }
@@ -129,8 +136,9 @@ pub struct Context {
     pub root: PathBuf,
     /// Cache root: `fetch/` (downloads) and `oci/` (blob store) live under it.
     pub cache_root: PathBuf,
-    /// Registry `host[:port]`.
-    pub registry: String,
+    /// Registry `host[:port]` to publish to; `None`: the image lives in the
+    /// local blob store only (share it later with `bottle push`).
+    pub registry: Option<String>,
     /// `os/arch[/variant]`.
     pub platform: String,
     /// Never touch the network (exit 3 where it would be needed).
@@ -161,6 +169,7 @@ struct Resolved {
     sidecar_image: Option<String>,
     inputs: Vec<LockedInput>,
     inputs_hash: String,
+    packages: Option<lockfile::LockedPackages>,
 }
 
 /// Turn `old` pins and the manifest into the full pin set (network where a
@@ -261,19 +270,33 @@ async fn resolve_pins(
                             what: format!("pinning the pipelock sidecar image `{PIPELOCK_IMAGE}`"),
                         });
                     }
-                    notes.push(format!("resolving sidecar image {PIPELOCK_IMAGE}"));
-                    let d = remote::resolve_digest(PIPELOCK_IMAGE, &platform, store).await?;
+                    // The release whose config schema bottle's generated
+                    // config is checked against (tests/data/pipelock-keys.txt),
+                    // not whatever `latest` is today.
+                    let tagged = format!("{PIPELOCK_IMAGE}:{}", crate::egress::PIPELOCK_TAG);
+                    notes.push(format!("resolving sidecar image {tagged}"));
+                    let d = remote::resolve_digest(&tagged, &platform, store).await?;
                     Some(format!("{PIPELOCK_IMAGE}@{d}"))
                 }
             }
         }
     };
 
+    // Debian packages (see `crate::debian`).
+    let packages = match &agent.recipe.packages {
+        Some(p) => {
+            let old = old.and_then(|o| o.packages.as_ref());
+            let pins = crate::debian::pin(p, &platform, old, update, &cache, ctx.offline, notes);
+            Some(pins.await?)
+        }
+        None => None,
+    };
+
     let pairs: Vec<(String, String)> = fetched
         .iter()
         .map(|p| (p.fetch.url.clone(), p.sha256.clone()))
         .collect();
-    let inputs = resolve::inputs(&agent, &pairs);
+    let inputs = resolve::with_packages(resolve::inputs(&agent, &pairs), packages.as_ref());
     let inputs_hash = resolve::inputs_hash(&base, sidecar_image.as_deref(), &inputs);
     Ok(Resolved {
         agent,
@@ -282,6 +305,7 @@ async fn resolve_pins(
         sidecar_image,
         inputs,
         inputs_hash,
+        packages,
     })
 }
 
@@ -300,15 +324,7 @@ pub async fn lock(ctx: &Context, agent_name: &str, update: bool) -> Result<LockO
     }) {
         // Nothing changed: confirm the image is where it should be.
         let digest = old.image.manifest_digest.clone();
-        if let Some(push) = remote::ensure_manifest(&ctx.registry, &repo, &digest, &store).await? {
-            if push.manifest_uploaded {
-                notes.push(format!(
-                    "the registry had lost the image; pushed it again from the blob store ({} blobs)",
-                    push.blobs_uploaded
-                ));
-            } else {
-                notes.push("up to date; nothing to build".into());
-            }
+        if let Some(push) = confirm(ctx, &repo, &old.image, &store, &mut notes).await? {
             return Ok(LockOutcome {
                 reference: format!("{agent_name}@{digest}"),
                 manifest_digest: digest,
@@ -318,16 +334,22 @@ pub async fn lock(ctx: &Context, agent_name: &str, update: bool) -> Result<LockO
                 notes,
             });
         }
-        notes.push("the image is neither in the registry nor in the blob store; rebuilding".into());
     }
 
     ensure_fetched(ctx, &r.fetched, &mut notes).await?;
     if let Some(d) = &r.base.digest {
         remote::ensure_base(&r.base.reference, d, &r.base.platform, &store, ctx.offline).await?;
     }
-    let spec = resolve::image_spec(&r.agent, &r.base, &r.fetched, &policy)?;
+    let debs = package_layers(ctx, &r.agent, r.packages.as_ref()).await?;
+    let spec = resolve::image_spec_with(&r.agent, &r.base, &r.fetched, debs, &policy)?;
     let built = oci::build(&spec, &store)?;
-    let push = remote::push(&ctx.registry, &repo, &built, &store).await?;
+    let push = match publish_to(ctx) {
+        Some(registry) => remote::push(registry, &repo, &built, &store).await?,
+        None => {
+            notes.push(not_pushed(ctx, agent_name));
+            remote::PushStats::default()
+        }
+    };
     let lock = Lockfile {
         schema: lockfile::LOCK_SCHEMA,
         agent: agent_name.to_string(),
@@ -342,6 +364,7 @@ pub async fn lock(ctx: &Context, agent_name: &str, update: bool) -> Result<LockO
             image: r.sidecar_image,
         },
         image: locked_image(&repo, &built),
+        packages: r.packages,
     };
     let written = old.as_ref() != Some(&lock);
     if written {
@@ -356,6 +379,84 @@ pub async fn lock(ctx: &Context, agent_name: &str, update: bool) -> Result<LockO
         push,
         notes,
     })
+}
+
+/// The registry `lock` publishes to: the configured one, unless `--offline`
+/// forbids the network. `None`: the image lives in the local store only.
+fn publish_to(ctx: &Context) -> Option<&str> {
+    ctx.registry.as_deref().filter(|_| !ctx.offline)
+}
+
+/// The stderr line saying where a locally stored image is and how to share it.
+fn not_pushed(ctx: &Context, agent: &str) -> String {
+    match &ctx.registry {
+        Some(r) => format!(
+            "--offline: not pushed to {r}; push it later with `bottle lock {agent}` or `bottle push {agent} --to {r}/{}`",
+            repository(agent)
+        ),
+        None => format!(
+            "stored in the local store {} (no registry configured); share it with `bottle push {agent} --to <registry>/{}`, or `bottle export {agent} -o {agent}.tar`",
+            ctx.cache_root.join("oci").display(),
+            repository(agent)
+        ),
+    }
+}
+
+/// The no-op `lock`: is the locked image where it should be? In the
+/// registry (manifest and every blob; what is lost is pushed again from
+/// the store), or, with no registry (or `--offline`), whole in the store.
+/// `None`: it is not, and the caller rebuilds it.
+async fn confirm(
+    ctx: &Context,
+    repo: &str,
+    image: &LockedImage,
+    store: &BlobStore,
+    notes: &mut Vec<String>,
+) -> Result<Option<remote::PushStats>, LockError> {
+    let Some(registry) = publish_to(ctx) else {
+        let whole = oci::BuiltImage::from_store(&image.manifest_digest, store)
+            .is_ok_and(|i| i.layers.iter().all(|l| store.has(&l.digest)));
+        if !whole {
+            notes.push("the image is not in the local store; rebuilding".into());
+            return Ok(None);
+        }
+        notes.push("up to date; nothing to build".into());
+        if ctx.offline && ctx.registry.is_some() {
+            notes.push("--offline: the registry was not checked".into());
+        }
+        return Ok(Some(remote::PushStats::default()));
+    };
+    match remote::ensure_image(registry, repo, image, store).await? {
+        remote::Presence::Complete => {
+            notes.push("up to date; nothing to build".into());
+            Ok(Some(remote::PushStats::default()))
+        }
+        remote::Presence::Repaired { missing, push } => {
+            notes.push(format!(
+                "registry {registry} had lost {} of the image ({}); pushed again from the local store ({} blobs)",
+                plural(missing.len()),
+                missing.join(", "),
+                push.blobs_uploaded
+            ));
+            Ok(Some(push))
+        }
+        remote::Presence::Missing(missing) => {
+            notes.push(format!(
+                "registry {registry} lacks {} of the image ({}) and the local store cannot supply it; rebuilding",
+                plural(missing.len()),
+                missing.join(", ")
+            ));
+            Ok(None)
+        }
+    }
+}
+
+fn plural(n: usize) -> String {
+    if n == 1 {
+        "1 part".into()
+    } else {
+        format!("{n} parts")
+    }
 }
 
 /// Make sure every pinned download is in the cache, downloading (and
@@ -375,6 +476,22 @@ async fn ensure_fetched(
             .await?;
     }
     Ok(())
+}
+
+/// Layers of the pinned Debian packages (fetched by pinned path when not
+/// cached); none when the recipe has no `packages`.
+async fn package_layers(
+    ctx: &Context,
+    agent: &Agent,
+    pins: Option<&lockfile::LockedPackages>,
+) -> Result<Vec<oci::spec::LayerSpec>, LockError> {
+    let (Some(p), Some(pins)) = (&agent.recipe.packages, pins) else {
+        return Ok(Vec::new());
+    };
+    let cache = FetchCache::open(&ctx.cache_root)?;
+    let by = lockfile::rel_path(&agent.name);
+    crate::debian::archive::ensure_debs(p, pins, &cache, ctx.offline, &by).await?;
+    resolve::package_layers(agent, pins, &cache)
 }
 
 fn locked_image(repo: &str, built: &oci::BuiltImage) -> LockedImage {
@@ -420,6 +537,16 @@ impl CheckReport {
 
 /// `bottle check <agent>`: never writes the lockfile, never pushes.
 pub async fn check(ctx: &Context, agent_name: &str) -> Result<CheckReport, LockError> {
+    Ok(rebuild_from_lock(ctx, agent_name).await?.0)
+}
+
+/// What `check` does, also returning the rebuilt image (in the store): `run`
+/// realizes a locked image this way when nothing else has it, and uses it
+/// only when the report is ok (the rebuild has the locked digest).
+pub async fn rebuild_from_lock(
+    ctx: &Context,
+    agent_name: &str,
+) -> Result<(CheckReport, Option<oci::BuiltImage>), LockError> {
     let agent = manifest::load_agent(&ctx.root, agent_name)?;
     let mut report = CheckReport {
         agent: agent_name.to_string(),
@@ -434,7 +561,7 @@ pub async fn check(ctx: &Context, agent_name: &str) -> Result<CheckReport, LockE
         report.problems.push(format!(
             "{file} does not exist: run `bottle lock {agent_name}`"
         ));
-        return Ok(report);
+        return Ok((report, None));
     };
     report.locked_digest = Some(lock.image.manifest_digest.clone());
 
@@ -489,10 +616,31 @@ pub async fn check(ctx: &Context, agent_name: &str) -> Result<CheckReport, LockE
             lock.sidecar.image.clone()
         }
     };
-    let inputs = resolve::inputs(&agent, &pairs);
+    if let Some(p) = &agent.recipe.packages {
+        let stale = crate::debian::archive::arch_for(p, &base.platform)
+            .map(|a| crate::debian::archive::request_hash(p, &a))
+            .ok()
+            != lock.packages.as_ref().map(|l| l.request.clone());
+        if stale {
+            problems.push(
+                "packages: the recipe's `packages` changed since the lockfile pinned them".into(),
+            );
+        }
+    }
+    let packages = lock
+        .packages
+        .clone()
+        .filter(|_| agent.recipe.packages.is_some());
+    let inputs = resolve::with_packages(resolve::inputs(&agent, &pairs), packages.as_ref());
     let inputs_hash = resolve::inputs_hash(&base, sidecar_image.as_deref(), &inputs);
     if inputs_hash != lock.inputs_hash {
-        let diffs = diff_inputs(&lock.inputs, &inputs);
+        let mut diffs = diff_inputs(&lock.inputs, &inputs);
+        if diffs.is_empty() && problems.is_empty() {
+            // Fetch pins come from the lockfile itself, so a pin changed by
+            // hand only shows as a different inputs hash: name the input by
+            // comparing each pin with what its source has now.
+            diffs = changed_pins(ctx, &agent, &pairs, &file).await;
+        }
         if diffs.is_empty() && problems.is_empty() {
             problems.push(format!(
                 "inputs_hash: the lockfile says {}, the inputs give {inputs_hash} (builder format, base or sidecar pin differ)",
@@ -514,7 +662,7 @@ pub async fn check(ctx: &Context, agent_name: &str) -> Result<CheckReport, LockE
     if !problems.is_empty() {
         problems.push(format!("run `bottle lock {agent_name}` and commit {file}"));
         report.problems = problems;
-        return Ok(report);
+        return Ok((report, None));
     }
     report.up_to_date = true;
 
@@ -537,7 +685,8 @@ pub async fn check(ctx: &Context, agent_name: &str) -> Result<CheckReport, LockE
     if let Some(d) = &base.digest {
         remote::ensure_base(&base.reference, d, &base.platform, &store, ctx.offline).await?;
     }
-    let spec = resolve::image_spec(&agent, &base, &fetched, &policy)?;
+    let debs = package_layers(ctx, &agent, packages.as_ref()).await?;
+    let spec = resolve::image_spec_with(&agent, &base, &fetched, debs, &policy)?;
     let built = oci::build(&spec, &store)?;
     report.rebuilt_digest = Some(built.manifest_digest.clone());
     let same = built.manifest_digest == lock.image.manifest_digest;
@@ -546,7 +695,35 @@ pub async fn check(ctx: &Context, agent_name: &str) -> Result<CheckReport, LockE
         let rebuilt = locked_image(&lock.image.repository, &built);
         report.problems = diff_images(&lock.image, &rebuilt, &store);
     }
-    Ok(report)
+    Ok((report, Some(built)))
+}
+
+/// One line per fetched input whose lockfile pin is not what its source
+/// gives (the source is read only when the pinned content is not cached).
+async fn changed_pins(
+    ctx: &Context,
+    agent: &Agent,
+    pairs: &[(String, String)],
+    file: &str,
+) -> Vec<String> {
+    let Ok(cache) = FetchCache::open(&ctx.cache_root) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (f, (_, hex)) in agent.recipe.fetch.iter().zip(pairs) {
+        match cache.ensure(&f.url, Some(hex), file, ctx.offline).await {
+            Err(LockError::FetchMismatch { actual, .. }) => out.push(format!(
+                "input `fetch:/{}` ({}) changed: lockfile sha256:{hex}, the source has sha256:{}",
+                f.dest,
+                f.url,
+                actual.trim_start_matches("sha256:")
+            )),
+            // Unreachable sources say nothing about the pin; the generic
+            // inputs-hash line stands.
+            _ => {}
+        }
+    }
+    out
 }
 
 /// One line per input that was added, removed or changed.
