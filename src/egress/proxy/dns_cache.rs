@@ -13,10 +13,13 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// (host, port) → (when looked up, the answer).
+type Entries = HashMap<(String, u16), (Instant, Vec<SocketAddr>)>;
+
 pub(crate) struct DnsCache {
     ttl: Duration,
     cap: usize,
-    entries: Mutex<HashMap<(String, u16), (Instant, Vec<SocketAddr>)>>,
+    entries: Mutex<Entries>,
 }
 
 impl DnsCache {
