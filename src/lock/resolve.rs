@@ -282,6 +282,9 @@ pub fn image_spec_with(
         }
     };
     let scratch = spec_base == Base::Scratch;
+    // A Debian base is merged-/usr: recipe paths under `/bin` etc. go
+    // under `/usr` so they never shadow the `bin` → `usr/bin` link.
+    let has_packages = !package_layers.is_empty();
     let mut layers = package_layers;
 
     // tools: fetched inputs, recipe files, links.
@@ -317,6 +320,15 @@ pub fn image_spec_with(
                 kind: EntryKind::Symlink(target.clone()),
             },
         );
+    }
+    if has_packages {
+        tools = tools
+            .into_values()
+            .map(|e| {
+                let path = crate::debian::merged_usr(&e.path);
+                (path.clone(), Entry { path, ..e })
+            })
+            .collect();
     }
     if !tools.is_empty() {
         layers.push(LayerSpec {

@@ -130,7 +130,9 @@ impl Project {
                 });
             }
         }
+        share_downloads(&self.cache.path().join("fetch/sha256"), true);
         let o = cmd.output().expect("run bottle");
+        share_downloads(&self.cache.path().join("fetch/sha256"), false);
         Out {
             code: o.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -199,4 +201,29 @@ pub fn digest_of(out: &Out) -> String {
 /// The lockfile as JSON.
 pub fn lock_json(p: &Project, agent: &str) -> serde_json::Value {
     serde_json::from_slice(&p.read(&format!("lockfiles/{agent}.lock.json"))).unwrap()
+}
+
+/// Downloads (Debian indexes and `.deb` files above all) are shared between
+/// the test projects through one content-addressed folder, so each test's
+/// own cache does not fetch the archive again: `seed` copies what the
+/// shared folder has into `dir`, else `dir`'s new files go to the shared
+/// folder. Safe because a cache file always hashes to its name.
+fn share_downloads(dir: &Path, seed: bool) {
+    let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bottle-shared-fetch");
+    let _ = fs::create_dir_all(&shared);
+    let _ = fs::create_dir_all(dir);
+    let (from, to): (&Path, &Path) = if seed { (&shared, dir) } else { (dir, &shared) };
+    let Ok(rd) = fs::read_dir(from) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let n = name.to_string_lossy();
+        if n.len() != 64 || !n.bytes().all(|b| b.is_ascii_hexdigit()) || to.join(&name).exists() {
+            continue;
+        }
+        // Copy to a temp name and rename, so a reader never sees half a file.
+        let tmp = to.join(format!(".share-{n}-{}", std::process::id()));
+        if fs::hard_link(e.path(), &tmp).is_ok() || fs::copy(e.path(), &tmp).is_ok() {
+            let _ = fs::rename(&tmp, to.join(&name));
+        }
+    }
 }
