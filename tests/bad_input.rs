@@ -199,13 +199,31 @@ fn cases() -> Vec<(&'static str, Setup, &'static [&'static str])> {
         ),
         (
             "bad fetch URL",
-            |p| p.edit_json(R, |v| v["fetch"][0]["url"] = json!("ftp://example.com/x")),
+            |p| {
+                p.edit_json(R, |v| {
+                    v["fetch"] = json!([{"url": "ftp://example.com/x", "dest": "/usr/bin/x"}])
+                })
+            },
             &[R, "fetch[0].url"],
         ),
         (
             "bad fetch mode",
-            |p| p.edit_json(R, |v| v["fetch"][0]["mode"] = json!("rwx")),
+            |p| {
+                p.edit_json(R, |v| {
+                    v["fetch"] = json!([{"url": "file:///bin/busybox", "dest": "/usr/bin/x", "mode": "rwx"}])
+                })
+            },
             &[R, "fetch[0].mode"],
+        ),
+        (
+            "bad Debian package name",
+            |p| p.edit_json(R, |v| v["packages"]["include"][0] = json!("Busybox Static")),
+            &[R, "packages.include[0]", "Busybox Static"],
+        ),
+        (
+            "Debian packages on a pulled base",
+            |p| p.edit_json(R, |v| v["from"] = json!("debian:bookworm-slim")),
+            &[R, "packages", "scratch"],
         ),
         (
             "unknown sidecar",
