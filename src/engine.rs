@@ -55,6 +55,8 @@ pub enum EngineError {
     },
     #[error("pulling {reference}: {message}")]
     Pull { reference: String, message: String },
+    #[error("loading {tag} into the engine: {message}")]
+    Load { tag: String, message: String },
     #[error(
         "the engine's image for {reference} does not carry digest {digest} (it lists {found:?}); refusing to run it"
     )]
@@ -290,6 +292,97 @@ pub async fn pull(
         });
     }
     Ok(())
+}
+
+/// The engine's image ID for `reference` (an ID or a name), `None` when the
+/// engine does not have it.
+pub async fn image_id(docker: &Docker, reference: &str) -> Result<Option<String>, EngineError> {
+    match docker.inspect_image(reference).await {
+        Ok(i) => Ok(i.id),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(api(format!("inspecting image {reference}"))(e)),
+    }
+}
+
+/// A `Write` that hands each chunk to an async receiver: the archive writer
+/// runs on a blocking thread and the engine reads as it is produced, so
+/// the whole image is never held in memory or written to a temp file.
+struct ChunkSender(tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>);
+
+impl std::io::Write for ChunkSender {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "engine stopped reading"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Load `image` from the blob store into the engine (`POST /images/load`,
+/// the archive streamed as it is written) under `tag`, then check that the
+/// engine's image ID is the config digest.
+pub async fn load_image(
+    docker: &Docker,
+    image: &crate::oci::BuiltImage,
+    store: &crate::oci::BlobStore,
+    tag: &str,
+    progress: &crate::progress::Progress,
+) -> Result<(), EngineError> {
+    let fail = |message: String| EngineError::Load {
+        tag: tag.to_string(),
+        message,
+    };
+    let total: u64 = image.layers.iter().map(|l| l.size).sum();
+    let bar = progress.bytes(total, "loading into the engine");
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let (image_c, store_c, tags) = (image.clone(), store.clone(), vec![tag.to_string()]);
+    let err_tx = tx.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        let out = std::io::BufWriter::with_capacity(256 * 1024, ChunkSender(tx));
+        if let Err(e) = crate::oci::archive::write_archive(&image_c, &store_c, &tags, out)
+            .and_then(|w| {
+                w.into_inner()
+                    .map(drop)
+                    .map_err(|e| crate::oci::OciError::io("cannot stream", "the archive", e.into_error()))
+            })
+        {
+            let _ = err_tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let shown = bar.clone();
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|c| (c, rx))
+    });
+    let body = chunks.inspect(move |c| {
+        if let Ok(b) = c {
+            shown.inc(b.len() as u64);
+        }
+    });
+    let opts = bollard::query_parameters::ImportImageOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let mut s = docker.import_image(opts, bollard::body_try_stream(body), None);
+    while let Some(item) = s.next().await {
+        let info = item.map_err(|e| fail(e.to_string()))?;
+        if let Some(err) = info.error_detail.and_then(|d| d.message) {
+            return Err(fail(err));
+        }
+    }
+    writer
+        .await
+        .map_err(|e| fail(format!("the archive writer failed: {e}")))?;
+    bar.finish("loaded");
+    match image_id(docker, tag).await? {
+        Some(id) if id == image.config_digest => Ok(()),
+        other => Err(fail(format!(
+            "the engine reports image ID {other:?}, expected the config digest {}",
+            image.config_digest
+        ))),
+    }
 }
 
 /// What the runner needs from an image: its labels, user, home, size.

@@ -5,6 +5,7 @@
 //! tested with plain unit tests; effects (registry, engine, sockets) sit at the
 //! edges, each behind one module. Only `cli` prints, prompts or exits.
 
+pub mod acquire;
 pub mod cli;
 pub mod debian;
 pub mod egress;

@@ -455,6 +455,21 @@ impl RegistryClient {
         }
     }
 
+    /// Is the blob `digest` in `repo`? (A HEAD; the no-op `lock` asks it for
+    /// every blob of the image, so a registry that lost one layer is seen.)
+    pub async fn blob_exists(&self, repo: &str, digest: &str) -> Result<bool, RegistryError> {
+        hex_part(digest)?;
+        let r = self.reference(repo, digest)?;
+        self.client
+            .store_auth_if_needed(&self.registry, &RegistryAuth::Anonymous)
+            .await;
+        match self.client.blob_exists(&r, digest).await {
+            Ok(b) => Ok(b),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(self.classify(format!("look up blob {repo}@{digest}"), e)),
+        }
+    }
+
     /// Pull `repo` at `tag_or_digest` (`latest`, `sha256:…`) for `platform`
     /// into the store; every blob verified. Blobs already in the store are
     /// not fetched again.

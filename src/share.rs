@@ -18,10 +18,9 @@ use serde_json::Value;
 
 use crate::error::{Classify, ExitKind};
 use crate::lock::LockError;
-use crate::lock::lockfile::Lockfile;
 use crate::oci::archive::{read_archive_file, write_archive_file};
 use crate::oci::digest::{Sha256Writer, hex_part};
-use crate::oci::{BlobStore, BuiltImage, OciError, Platform};
+use crate::oci::{BlobStore, BuiltImage, OciError};
 use crate::policy::{POLICY_LABEL, Policy, PolicyError};
 use crate::progress::Progress;
 use crate::reference::{Reference, ReferenceError};
@@ -32,6 +31,8 @@ pub enum ShareError {
     #[error(transparent)]
     Reference(#[from] ReferenceError),
     #[error(transparent)]
+    Acquire(#[from] crate::acquire::AcquireError),
+    #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -39,13 +40,6 @@ pub enum ShareError {
     Oci(#[from] OciError),
     #[error(transparent)]
     Manifest(#[from] crate::manifest::ManifestError),
-    #[error("cannot read the current directory: {0}")]
-    Cwd(#[source] io::Error),
-    #[error(
-        "no lockfile lockfiles/{agent}.lock.json in {root}; run `bottle lock {agent}` first, \
-         or pass {agent}@sha256:… or <registry>/<repo>@sha256:…"
-    )]
-    NoLockfile { agent: String, root: PathBuf },
     #[error(
         "destination `{to}`: {reason}; expected <registry>/<repo> without tag or digest \
          (e.g. localhost:5001/team/hello)"
@@ -81,13 +75,12 @@ impl Classify for ShareError {
     fn exit_kind(&self) -> ExitKind {
         match self {
             ShareError::Reference(e) => e.exit_kind(),
+            ShareError::Acquire(e) => e.exit_kind(),
             ShareError::Lock(e) => e.exit_kind(),
             ShareError::Registry(e) => e.exit_kind(),
             ShareError::Oci(e) => e.exit_kind(),
             ShareError::Manifest(e) => e.exit_kind(),
-            ShareError::Cwd(_) => ExitKind::Environment,
-            ShareError::NoLockfile { .. }
-            | ShareError::Destination { .. }
+            ShareError::Destination { .. }
             | ShareError::Archive { .. }
             | ShareError::NoArchive { .. }
             | ShareError::ArchiveShape { .. }
@@ -96,75 +89,18 @@ impl Classify for ShareError {
     }
 }
 
-/// One image in one registry repository, named by digest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Located {
-    pub registry: String,
-    pub repository: String,
-    pub digest: String,
-}
+pub use crate::acquire::Located;
 
-impl std::fmt::Display for Located {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}@{}", self.registry, self.repository, self.digest)
-    }
-}
-
-/// Where a reference's image lives. `<agent>` takes digest and repository
-/// from the lockfile under `root`; `<agent>@sha256:…` takes the repository
-/// from the lockfile when there is one (else `bottle/<agent>`); both use
-/// `registry`. A full reference names its own registry.
+/// Where a reference's image lives (see [`crate::acquire::locate`]).
 pub fn locate(
     reference: &str,
-    registry: &str,
-    root: impl FnOnce() -> Result<PathBuf, ShareError>,
+    registry: Option<&str>,
+    root: Option<&Path>,
 ) -> Result<Located, ShareError> {
     let parsed = Reference::parse(reference)?;
-    let lockfile = |agent: &str, root: &Path| Lockfile::read(root, agent);
-    match parsed {
-        Reference::Agent(agent) => {
-            let root = root()?;
-            let lock = lockfile(&agent, &root)?.ok_or_else(|| ShareError::NoLockfile {
-                agent: agent.clone(),
-                root: root.clone(),
-            })?;
-            Ok(Located {
-                registry: registry.to_string(),
-                repository: lock.image.repository,
-                digest: lock.image.manifest_digest,
-            })
-        }
-        Reference::AgentDigest { agent, digest } => {
-            // The lockfile only names the repository path here; the digest
-            // is the caller's, and no project is needed at all.
-            let repository = root()
-                .ok()
-                .and_then(|r| lockfile(&agent, &r).ok().flatten())
-                .map(|l| l.image.repository)
-                .unwrap_or_else(|| crate::lock::repository(&agent));
-            Ok(Located {
-                registry: registry.to_string(),
-                repository,
-                digest,
-            })
-        }
-        Reference::Full {
-            registry,
-            repository,
-            digest,
-        } => Ok(Located {
-            registry,
-            repository,
-            digest,
-        }),
-    }
-}
-
-/// The project root: `explicit`, or the nearest ancestor of the current
-/// directory holding `agents/`.
-pub fn project_root(explicit: Option<&Path>) -> Result<PathBuf, ShareError> {
-    let cwd = std::env::current_dir().map_err(ShareError::Cwd)?;
-    Ok(crate::manifest::find_root(explicit, &cwd)?)
+    Ok(crate::acquire::locate(&parsed, registry, || {
+        crate::acquire::project_root(root)
+    })?)
 }
 
 /// Parse `--to <registry>/<repo>`.
@@ -226,6 +162,8 @@ pub fn open_store() -> Result<BlobStore, ShareError> {
 }
 
 /// Copy `source` to `to_registry/to_repo`; the digest does not change.
+/// The image comes from the local store, else its registry, else is
+/// realized from its lockfile ([`crate::acquire::to_store`]).
 pub async fn push(
     source: &Located,
     to_registry: &str,
@@ -233,56 +171,29 @@ pub async fn push(
     store: &BlobStore,
     progress: &Progress,
 ) -> Result<(Located, PushStats), ShareError> {
-    let stats = registry::copy(
-        (&source.registry, &source.repository),
-        &source.digest,
-        (to_registry, to_repo),
-        None,
-        store,
-        progress,
-    )
-    .await?;
-    Ok((
-        Located {
-            registry: to_registry.to_string(),
-            repository: to_repo.to_string(),
-            digest: source.digest.clone(),
+    let image = fetch(source, store, progress).await?;
+    let options = registry::PushOptions {
+        mount_from: match &source.registry {
+            Some(r) if r == to_registry => vec![source.repository.clone()],
+            _ => Vec::new(),
         },
-        stats,
-    ))
+    };
+    let stats = RegistryClient::new(to_registry)?
+        .push_with(to_repo, None, &image, store, progress, &options)
+        .await?;
+    let mut dest = source.clone();
+    dest.registry = Some(to_registry.to_string());
+    dest.repository = to_repo.to_string();
+    Ok((dest, stats))
 }
 
-/// The image `source` names, from the store when it is all there, else
-/// pulled from its registry by digest (every blob verified on the way in).
+/// The image `source` names, in the store (see [`crate::acquire::to_store`]).
 pub async fn fetch(
     source: &Located,
     store: &BlobStore,
     progress: &Progress,
 ) -> Result<BuiltImage, ShareError> {
-    hex_part(&source.digest)?;
-    if let Ok(image) = BuiltImage::from_store(&source.digest, store)
-        && image.layers.iter().all(|l| store.has(&l.digest))
-    {
-        return Ok(image);
-    }
-    let client = RegistryClient::new(&source.registry)?;
-    match client
-        .pull(
-            &source.repository,
-            &source.digest,
-            &Platform::default(),
-            store,
-            progress,
-        )
-        .await
-    {
-        Ok(_) => {}
-        // The digest already fixes the platform; a non-amd64 image is still
-        // the image asked for, and the pull stored it before complaining.
-        Err(RegistryError::NoPlatform { .. }) if store.has(&source.digest) => {}
-        Err(e) => return Err(e.into()),
-    }
-    Ok(BuiltImage::from_store(&source.digest, store)?)
+    Ok(crate::acquire::to_store(source, store, progress).await?.0)
 }
 
 /// The bottle policy in an image's config label.
@@ -417,35 +328,37 @@ pub fn read(path: &Path, store: &BlobStore) -> Result<BuiltImage, ShareError> {
 }
 
 /// Push an imported image to `to` (default: `<registry>/bottle/<agent>`,
-/// the agent read from the image's policy label).
+/// the agent read from the image's policy label). `Ok(None)` when neither
+/// is given: the image stays in the local store, where `run` finds it.
 pub async fn import(
     image: &BuiltImage,
     store: &BlobStore,
     to: Option<(String, String)>,
-    default_registry: &str,
+    default_registry: Option<&str>,
     progress: &Progress,
-) -> Result<(Located, PushStats), ShareError> {
-    let (registry, repository) = match to {
-        Some(t) => t,
-        None => {
+) -> Result<Option<(Located, PushStats)>, ShareError> {
+    let (registry, repository) = match (to, default_registry) {
+        (Some(t), _) => t,
+        (None, Some(r)) => {
             let policy = policy_of(image)?;
-            (
-                default_registry.to_string(),
-                crate::lock::repository(&policy.agent),
-            )
+            (r.to_string(), crate::lock::repository(&policy.agent))
         }
+        (None, None) => return Ok(None),
     };
     let stats = RegistryClient::new(&registry)?
         .push(&repository, None, image, store, progress)
         .await?;
-    Ok((
+    Ok(Some((
         Located {
-            registry,
+            registry: Some(registry),
             repository,
             digest: image.manifest_digest.clone(),
+            config_digest: Some(image.config_digest.clone()),
+            policy: None,
+            realizable: None,
         },
         stats,
-    ))
+    )))
 }
 
 #[cfg(test)]
@@ -473,23 +386,5 @@ mod tests {
             let e = destination(bad).unwrap_err();
             assert_eq!(e.exit_kind(), ExitKind::BadInput, "{bad}: {e}");
         }
-    }
-
-    #[test]
-    fn locate_full_and_agent_digest_need_no_project() {
-        let no_root = || -> Result<PathBuf, ShareError> {
-            Err(ShareError::NoLockfile {
-                agent: "x".into(),
-                root: PathBuf::from("/nowhere"),
-            })
-        };
-        let l = locate(&format!("localhost:5000/a/b@{D}"), "ignored:1", no_root).unwrap();
-        assert_eq!(l.to_string(), format!("localhost:5000/a/b@{D}"));
-        let l = locate(&format!("hello@{D}"), "127.0.0.1:5002", no_root).unwrap();
-        assert_eq!(l.to_string(), format!("127.0.0.1:5002/bottle/hello@{D}"));
-        let e = locate("hello:latest", "r:1", no_root).unwrap_err();
-        assert_eq!(e.exit_kind(), ExitKind::BadInput);
-        let e = locate("hello", "r:1", no_root).unwrap_err();
-        assert_eq!(e.exit_kind(), ExitKind::BadInput);
     }
 }

@@ -3,18 +3,22 @@
 
 use std::path::PathBuf;
 
-/// Where images are pushed to and pulled from.
+/// Where images are pushed to and pulled from. Optional: without one, images
+/// live in the local blob store (`$BOTTLE_CACHE_DIR/oci`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct RegistryOpt {
-    /// Registry host[:port] for pushes and pulls. Plain HTTP is used for
-    /// loopback hosts (localhost, 127.0.0.0/8, [::1]), HTTPS otherwise.
-    #[arg(
-        long,
-        env = "BOTTLE_REGISTRY",
-        default_value = "localhost:5000",
-        value_name = "HOST[:PORT]"
-    )]
-    pub registry: String,
+    /// Registry host[:port] for pushes and pulls (default: none; images stay
+    /// in the local store). Plain HTTP is used for loopback hosts
+    /// (localhost, 127.0.0.0/8, [::1]), HTTPS otherwise.
+    #[arg(long, env = "BOTTLE_REGISTRY", value_name = "HOST[:PORT]")]
+    pub registry: Option<String>,
+}
+
+impl RegistryOpt {
+    /// The registry, with an empty value treated as none.
+    pub fn get(&self) -> Option<String> {
+        self.registry.clone().filter(|r| !r.trim().is_empty())
+    }
 }
 
 /// Which project (the folder holding `agents/`) a command works on.

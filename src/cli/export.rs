@@ -27,9 +27,11 @@ pub struct Args {
 }
 
 pub async fn exec(args: Args) -> CliResult {
-    let source = share::locate(&args.reference, &args.registry.registry, || {
-        share::project_root(args.project.root.as_deref())
-    })?;
+    let source = share::locate(
+        &args.reference,
+        args.registry.get().as_deref(),
+        args.project.root.as_deref(),
+    )?;
     let store = share::open_store()?;
     let image = share::fetch(&source, &store, &Progress::auto()).await?;
     share::export(&image, &store, &args.output)?;

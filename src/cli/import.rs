@@ -15,7 +15,8 @@ pub struct Args {
     #[arg(value_name = "FILE.tar")]
     pub file: PathBuf,
     /// Destination <registry>/<repo>. Default: <--registry>/bottle/<agent>,
-    /// the agent read from the image's policy label.
+    /// the agent read from the image's policy label; with no registry at
+    /// all, the image stays in the local store.
     #[arg(long, value_name = "REGISTRY/REPO")]
     pub to: Option<String>,
     /// Print the result as JSON.
@@ -35,14 +36,37 @@ pub async fn exec(args: Args) -> CliResult {
         image.layers.len(),
         args.file.display()
     );
-    let (dest, stats) = share::import(
+    let pushed = share::import(
         &image,
         &store,
         to,
-        &args.registry.registry,
+        args.registry.get().as_deref(),
         &Progress::auto(),
     )
     .await?;
+    let Some((dest, stats)) = pushed else {
+        // No registry named: the image stays in the local store, where
+        // `run`, `push` and `export` find it by digest.
+        let reference = match share::policy_of(&image) {
+            Ok(p) => format!("{}@{}", p.agent, image.manifest_digest),
+            Err(_) => image.manifest_digest.clone(),
+        };
+        eprintln!(
+            "stored in the local store {} (no registry configured); run it with `bottle run {reference}`",
+            store.root().display()
+        );
+        if args.json {
+            let v = serde_json::json!({
+                "reference": reference,
+                "manifest_digest": image.manifest_digest,
+                "file": args.file.display().to_string(),
+            });
+            super::common::print_result(&v.to_string())?;
+        } else {
+            super::common::print_result(&reference)?;
+        }
+        return Ok(0);
+    };
     eprintln!(
         "pushed {} blobs ({} bytes), {} already there",
         stats.blobs_uploaded, stats.bytes_uploaded, stats.blobs_skipped

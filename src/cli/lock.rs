@@ -78,7 +78,7 @@ pub fn context(
     Ok(lock::Context {
         root,
         cache_root: lock::fetch::default_cache_root(),
-        registry: registry.registry.clone(),
+        registry: registry.get(),
         platform: platform.to_string(),
         offline,
     })

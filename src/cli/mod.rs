@@ -9,6 +9,7 @@ mod common;
 mod error;
 
 mod check;
+mod doctor;
 mod export;
 mod gc;
 mod import;
@@ -34,7 +35,7 @@ pub type CliResult = Result<u8, CliError>;
     long_about = "bottle builds a content-hashed lockfile and a bit-for-bit reproducible OCI image \
 from an agent manifest (agents/<agent>/bottle.json), and runs that exact image by digest on its own \
 internal network whose only way out is an egress sidecar that allows only the locked hosts.",
-    after_help = "Start with:\n  bottle lock hello            build and push the example agent, print hello@sha256:…\n  bottle run --yes hello -- id run a command in it behind its egress sidecar"
+    after_help = "Start with:\n  bottle lock hello            build the example agent into the local store, print hello@sha256:…\n  bottle run --yes hello -- id run a command in it behind its egress sidecar"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -43,7 +44,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Resolve an agent manifest, build its image reproducibly, push it, write the lockfile; prints <agent>@sha256:…
+    /// Resolve an agent manifest, build its image reproducibly into the local store (and push it when a registry is named), write the lockfile; prints <agent>@sha256:…
     Lock(lock::Args),
     /// CI gate: is each lockfile up to date, and does a rebuild from it give the same digest? (exit 0/1)
     Check(check::Args),
@@ -57,8 +58,10 @@ enum Command {
     Push(push::Args),
     /// Write a locked image to an OCI archive (-o FILE.tar); the digest does not change
     Export(export::Args),
-    /// Load an OCI archive written by `bottle export` into the registry
+    /// Load an OCI archive written by `bottle export` into the local store (and push it when a registry is named)
     Import(import::Args),
+    /// What this machine can do: engine, isolation, DNS fix, user namespaces, registry, store, disk (exit 0 when `run` will work)
+    Doctor(doctor::Args),
     /// The builtin egress sidecar: a strict allowlist forward proxy (runs inside its container)
     Proxy(proxy::Args),
 }
@@ -92,15 +95,47 @@ pub fn main() -> std::process::ExitCode {
 }
 
 async fn dispatch(command: Command) -> CliResult {
+    // `run` handles signals itself (it must tear a bottle down); `proxy` is
+    // the sidecar's process. Every other command stops on SIGINT/SIGTERM
+    // with a message, its future dropped so temp files are removed.
+    let what = "before it finished; nothing was written (partial downloads were removed)";
+    let guarded = |r: Result<CliResult, &'static str>| match r {
+        Ok(r) => r,
+        Err(sig) => Ok(interrupted(sig, what)),
+    };
     match command {
-        Command::Lock(a) => lock::exec(a).await,
-        Command::Check(a) => check::exec(a).await,
+        Command::Lock(a) => guarded(interruptible(lock::exec(a)).await),
+        Command::Check(a) => guarded(interruptible(check::exec(a)).await),
         Command::Run(a) => run::exec(*a).await,
         Command::Ps(a) => ps::exec(a).await,
         Command::Gc(a) => gc::exec(a).await,
-        Command::Push(a) => push::exec(a).await,
-        Command::Export(a) => export::exec(a).await,
-        Command::Import(a) => import::exec(a).await,
+        Command::Push(a) => guarded(interruptible(push::exec(a)).await),
+        Command::Export(a) => guarded(interruptible(export::exec(a)).await),
+        Command::Import(a) => guarded(interruptible(import::exec(a)).await),
+        Command::Doctor(a) => doctor::exec(a).await,
         Command::Proxy(a) => proxy::exec(a).await,
     }
+}
+
+/// Run `fut` unless SIGINT or SIGTERM comes first; then drop it (its
+/// destructors run) and return the signal's name.
+pub(crate) async fn interruptible<T>(fut: impl std::future::Future<Output = T>) -> Result<T, &'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return Ok(fut.await);
+    };
+    tokio::select! {
+        r = fut => Ok(r),
+        _ = int.recv() => Err("SIGINT"),
+        _ = term.recv() => Err("SIGTERM"),
+    }
+}
+
+/// Say that `sig` stopped the command and return its exit code (128 + N).
+pub(crate) fn interrupted(sig: &str, what: &str) -> u8 {
+    eprintln!("bottle: stopped by {sig} {what}");
+    if sig == "SIGTERM" { 143 } else { 130 }
 }

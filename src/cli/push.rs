@@ -24,9 +24,11 @@ pub struct Args {
 }
 
 pub async fn exec(args: Args) -> CliResult {
-    let source = share::locate(&args.reference, &args.registry.registry, || {
-        share::project_root(args.project.root.as_deref())
-    })?;
+    let source = share::locate(
+        &args.reference,
+        args.registry.get().as_deref(),
+        args.project.root.as_deref(),
+    )?;
     let (to_registry, to_repo) = share::destination(&args.to)?;
     let store = share::open_store()?;
     eprintln!("copying {source} to {to_registry}/{to_repo}");

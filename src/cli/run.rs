@@ -128,7 +128,7 @@ pub async fn exec(args: Args) -> CliResult {
     let request = Request {
         sidecar_image: args.sidecar_image.clone(),
         reference,
-        registry: args.registry.registry.clone(),
+        registry: args.registry.get(),
         root: args.project.root.clone(),
         options,
         allow_unpatched_engine: args.allow_unpatched_engine,
@@ -167,9 +167,25 @@ pub async fn exec(args: Args) -> CliResult {
             b.set_message(p.status.clone());
         }
     };
-    let prepared = runner::prepare(&request, &mut progress).await?;
+    // SIGINT/SIGTERM while the image is fetched, loaded or realized: stop
+    // with a message; dropping `prepare` drops its transfers (the engine
+    // cancels a pull or load whose client went away; temp blobs are removed
+    // by their guards). Nothing has been created yet.
+    let prepared = match super::interruptible(runner::prepare(&request, &mut progress)).await {
+        Ok(p) => p?,
+        Err(sig) => {
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            return Ok(super::interrupted(sig, "while getting the image; nothing was started"));
+        }
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    eprintln!("image: {}", prepared.source);
+    for n in &prepared.notes {
+        eprintln!("note: {n}");
     }
 
     if args.json {
@@ -188,7 +204,18 @@ pub async fn exec(args: Args) -> CliResult {
             prepared.engine_version.raw
         );
     }
-    if !args.yes && !confirm()? {
+    let approved = args.yes
+        || match super::interruptible(async {
+            tokio::task::spawn_blocking(confirm)
+                .await
+                .map_err(|e| CliError::usage(format!("reading the answer: {e}")))?
+        })
+        .await
+        {
+            Ok(answer) => answer?,
+            Err(sig) => return Ok(super::interrupted(sig, "at the question; nothing was started")),
+        };
+    if !approved {
         eprintln!("not started (answer `y`, or pass --yes to skip the question)");
         return Ok(1);
     }
@@ -223,7 +250,7 @@ fn progress_bar() -> Option<indicatif::ProgressBar> {
     }
     let b = indicatif::ProgressBar::new(0);
     b.set_style(
-        indicatif::ProgressStyle::with_template("pulling {bar:30} {bytes}/{total_bytes} {msg}")
+        indicatif::ProgressStyle::with_template("getting the image {bar:30} {bytes}/{total_bytes} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     Some(b)

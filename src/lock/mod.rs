@@ -9,9 +9,13 @@
 //! - plain `lock` changes a pin (base digest, fetched hash, sidecar image)
 //!   only when the manifest changed what it pins; `--update` re-resolves all;
 //! - when the inputs hash equals the lockfile's, nothing is rebuilt and the
-//!   lockfile is not written; the image is only confirmed in the registry;
+//!   lockfile is not written; the image is only confirmed (every blob) in
+//!   the registry, or in the local store when no registry is configured;
+//! - the local blob store is the image's home; a registry is optional and
+//!   `--offline` never touches the network (nothing is pushed or checked);
 //! - the lockfile is written last, atomically, and only after the image was
-//!   built and pushed: a failed `lock` leaves the old lockfile intact;
+//!   built (and pushed, when a registry is named): a failed `lock` leaves
+//!   the old lockfile intact;
 //! - `check` and `lock` compute digests through the same code
 //!   (`resolve::image_spec` then `oci::build`).
 
@@ -132,8 +136,9 @@ pub struct Context {
     pub root: PathBuf,
     /// Cache root: `fetch/` (downloads) and `oci/` (blob store) live under it.
     pub cache_root: PathBuf,
-    /// Registry `host[:port]`.
-    pub registry: String,
+    /// Registry `host[:port]` to publish to; `None`: the image lives in the
+    /// local blob store only (share it later with `bottle push`).
+    pub registry: Option<String>,
     /// `os/arch[/variant]`.
     pub platform: String,
     /// Never touch the network (exit 3 where it would be needed).
@@ -275,8 +280,12 @@ async fn resolve_pins(
                             what: format!("pinning the pipelock sidecar image `{PIPELOCK_IMAGE}`"),
                         });
                     }
-                    notes.push(format!("resolving sidecar image {PIPELOCK_IMAGE}"));
-                    let d = remote::resolve_digest(PIPELOCK_IMAGE, &platform, store).await?;
+                    // The release whose config schema bottle's generated
+                    // config is checked against (tests/data/pipelock-keys.txt),
+                    // not whatever `latest` is today.
+                    let tagged = format!("{PIPELOCK_IMAGE}:{}", crate::egress::PIPELOCK_TAG);
+                    notes.push(format!("resolving sidecar image {tagged}"));
+                    let d = remote::resolve_digest(&tagged, &platform, store).await?;
                     Some(format!("{PIPELOCK_IMAGE}@{d}"))
                 }
             }
@@ -315,15 +324,7 @@ pub async fn lock(ctx: &Context, agent_name: &str, update: bool) -> Result<LockO
     }) {
         // Nothing changed: confirm the image is where it should be.
         let digest = old.image.manifest_digest.clone();
-        if let Some(push) = remote::ensure_manifest(&ctx.registry, &repo, &digest, &store).await? {
-            if push.manifest_uploaded {
-                notes.push(format!(
-                    "the registry had lost the image; pushed it again from the blob store ({} blobs)",
-                    push.blobs_uploaded
-                ));
-            } else {
-                notes.push("up to date; nothing to build".into());
-            }
+        if let Some(push) = confirm(ctx, &repo, &old.image, &store, &mut notes).await? {
             return Ok(LockOutcome {
                 reference: format!("{agent_name}@{digest}"),
                 manifest_digest: digest,
@@ -333,7 +334,6 @@ pub async fn lock(ctx: &Context, agent_name: &str, update: bool) -> Result<LockO
                 notes,
             });
         }
-        notes.push("the image is neither in the registry nor in the blob store; rebuilding".into());
     }
 
     ensure_fetched(ctx, &r.fetched, &mut notes).await?;
@@ -343,7 +343,13 @@ pub async fn lock(ctx: &Context, agent_name: &str, update: bool) -> Result<LockO
     let debs = package_layers(ctx, &r.agent, r.packages.as_ref()).await?;
     let spec = resolve::image_spec_with(&r.agent, &r.base, &r.fetched, debs, &policy)?;
     let built = oci::build(&spec, &store)?;
-    let push = remote::push(&ctx.registry, &repo, &built, &store).await?;
+    let push = match publish_to(ctx) {
+        Some(registry) => remote::push(registry, &repo, &built, &store).await?,
+        None => {
+            notes.push(not_pushed(ctx, agent_name));
+            remote::PushStats::default()
+        }
+    };
     let lock = Lockfile {
         schema: lockfile::LOCK_SCHEMA,
         agent: agent_name.to_string(),
@@ -373,6 +379,84 @@ pub async fn lock(ctx: &Context, agent_name: &str, update: bool) -> Result<LockO
         push,
         notes,
     })
+}
+
+/// The registry `lock` publishes to: the configured one, unless `--offline`
+/// forbids the network. `None`: the image lives in the local store only.
+fn publish_to(ctx: &Context) -> Option<&str> {
+    ctx.registry.as_deref().filter(|_| !ctx.offline)
+}
+
+/// The stderr line saying where a locally stored image is and how to share it.
+fn not_pushed(ctx: &Context, agent: &str) -> String {
+    match &ctx.registry {
+        Some(r) => format!(
+            "--offline: not pushed to {r}; push it later with `bottle lock {agent}` or `bottle push {agent} --to {r}/{}`",
+            repository(agent)
+        ),
+        None => format!(
+            "stored in the local store {} (no registry configured); share it with `bottle push {agent} --to <registry>/{}`, or `bottle export {agent} -o {agent}.tar`",
+            ctx.cache_root.join("oci").display(),
+            repository(agent)
+        ),
+    }
+}
+
+/// The no-op `lock`: is the locked image where it should be? In the
+/// registry (manifest and every blob; what is lost is pushed again from
+/// the store), or, with no registry (or `--offline`), whole in the store.
+/// `None`: it is not, and the caller rebuilds it.
+async fn confirm(
+    ctx: &Context,
+    repo: &str,
+    image: &LockedImage,
+    store: &BlobStore,
+    notes: &mut Vec<String>,
+) -> Result<Option<remote::PushStats>, LockError> {
+    let Some(registry) = publish_to(ctx) else {
+        let whole = oci::BuiltImage::from_store(&image.manifest_digest, store)
+            .is_ok_and(|i| i.layers.iter().all(|l| store.has(&l.digest)));
+        if !whole {
+            notes.push("the image is not in the local store; rebuilding".into());
+            return Ok(None);
+        }
+        notes.push("up to date; nothing to build".into());
+        if ctx.offline && ctx.registry.is_some() {
+            notes.push("--offline: the registry was not checked".into());
+        }
+        return Ok(Some(remote::PushStats::default()));
+    };
+    match remote::ensure_image(registry, repo, image, store).await? {
+        remote::Presence::Complete => {
+            notes.push("up to date; nothing to build".into());
+            Ok(Some(remote::PushStats::default()))
+        }
+        remote::Presence::Repaired { missing, push } => {
+            notes.push(format!(
+                "registry {registry} had lost {} of the image ({}); pushed again from the local store ({} blobs)",
+                plural(missing.len()),
+                missing.join(", "),
+                push.blobs_uploaded
+            ));
+            Ok(Some(push))
+        }
+        remote::Presence::Missing(missing) => {
+            notes.push(format!(
+                "registry {registry} lacks {} of the image ({}) and the local store cannot supply it; rebuilding",
+                plural(missing.len()),
+                missing.join(", ")
+            ));
+            Ok(None)
+        }
+    }
+}
+
+fn plural(n: usize) -> String {
+    if n == 1 {
+        "1 part".into()
+    } else {
+        format!("{n} parts")
+    }
 }
 
 /// Make sure every pinned download is in the cache, downloading (and
@@ -453,6 +537,16 @@ impl CheckReport {
 
 /// `bottle check <agent>`: never writes the lockfile, never pushes.
 pub async fn check(ctx: &Context, agent_name: &str) -> Result<CheckReport, LockError> {
+    Ok(rebuild_from_lock(ctx, agent_name).await?.0)
+}
+
+/// What `check` does, also returning the rebuilt image (in the store): `run`
+/// realizes a locked image this way when nothing else has it, and uses it
+/// only when the report is ok (the rebuild has the locked digest).
+pub async fn rebuild_from_lock(
+    ctx: &Context,
+    agent_name: &str,
+) -> Result<(CheckReport, Option<oci::BuiltImage>), LockError> {
     let agent = manifest::load_agent(&ctx.root, agent_name)?;
     let mut report = CheckReport {
         agent: agent_name.to_string(),
@@ -467,7 +561,7 @@ pub async fn check(ctx: &Context, agent_name: &str) -> Result<CheckReport, LockE
         report.problems.push(format!(
             "{file} does not exist: run `bottle lock {agent_name}`"
         ));
-        return Ok(report);
+        return Ok((report, None));
     };
     report.locked_digest = Some(lock.image.manifest_digest.clone());
 
@@ -540,7 +634,13 @@ pub async fn check(ctx: &Context, agent_name: &str) -> Result<CheckReport, LockE
     let inputs = resolve::with_packages(resolve::inputs(&agent, &pairs), packages.as_ref());
     let inputs_hash = resolve::inputs_hash(&base, sidecar_image.as_deref(), &inputs);
     if inputs_hash != lock.inputs_hash {
-        let diffs = diff_inputs(&lock.inputs, &inputs);
+        let mut diffs = diff_inputs(&lock.inputs, &inputs);
+        if diffs.is_empty() && problems.is_empty() {
+            // Fetch pins come from the lockfile itself, so a pin changed by
+            // hand only shows as a different inputs hash: name the input by
+            // comparing each pin with what its source has now.
+            diffs = changed_pins(ctx, &agent, &pairs, &file).await;
+        }
         if diffs.is_empty() && problems.is_empty() {
             problems.push(format!(
                 "inputs_hash: the lockfile says {}, the inputs give {inputs_hash} (builder format, base or sidecar pin differ)",
@@ -562,7 +662,7 @@ pub async fn check(ctx: &Context, agent_name: &str) -> Result<CheckReport, LockE
     if !problems.is_empty() {
         problems.push(format!("run `bottle lock {agent_name}` and commit {file}"));
         report.problems = problems;
-        return Ok(report);
+        return Ok((report, None));
     }
     report.up_to_date = true;
 
@@ -595,7 +695,35 @@ pub async fn check(ctx: &Context, agent_name: &str) -> Result<CheckReport, LockE
         let rebuilt = locked_image(&lock.image.repository, &built);
         report.problems = diff_images(&lock.image, &rebuilt, &store);
     }
-    Ok(report)
+    Ok((report, Some(built)))
+}
+
+/// One line per fetched input whose lockfile pin is not what its source
+/// gives (the source is read only when the pinned content is not cached).
+async fn changed_pins(
+    ctx: &Context,
+    agent: &Agent,
+    pairs: &[(String, String)],
+    file: &str,
+) -> Vec<String> {
+    let Ok(cache) = FetchCache::open(&ctx.cache_root) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (f, (_, hex)) in agent.recipe.fetch.iter().zip(pairs) {
+        match cache.ensure(&f.url, Some(hex), file, ctx.offline).await {
+            Err(LockError::FetchMismatch { actual, .. }) => out.push(format!(
+                "input `fetch:/{}` ({}) changed: lockfile sha256:{hex}, the source has sha256:{}",
+                f.dest,
+                f.url,
+                actual.trim_start_matches("sha256:")
+            )),
+            // Unreachable sources say nothing about the pin; the generic
+            // inputs-hash line stands.
+            _ => {}
+        }
+    }
+    out
 }
 
 /// One line per input that was added, removed or changed.

@@ -1,7 +1,8 @@
 //! The registry side of `lock` and `check`, behind four calls over the
 //! `registry` module: resolve a reference to a platform manifest digest (and
 //! keep the image in the blob store), make sure a pinned base is in the
-//! store, push a built image, confirm a pushed manifest is still there.
+//! store, push a built image, confirm a pushed image (manifest and every
+//! blob) is still there.
 
 use super::LockError;
 use crate::oci::{BlobStore, BuiltImage, Platform};
@@ -105,38 +106,74 @@ pub async fn push(
     })
 }
 
-/// Confirm `registry/repo@digest` exists; push it again from the store when
-/// the registry lost it. `Ok(None)`: lost and not in the store either (the
-/// caller rebuilds).
-pub async fn ensure_manifest(
+/// What the no-op `lock` found in the registry for the locked image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    /// The manifest and every blob it names answer HEAD.
+    Complete,
+    /// Some were missing and were pushed again from the blob store.
+    Repaired { missing: Vec<String>, push: PushStats },
+    /// Missing, and the blob store cannot supply them: the caller rebuilds.
+    Missing(Vec<String>),
+}
+
+/// Confirm `registry/repo@image.manifest_digest` and every blob it names
+/// (config and layers, one HEAD each: a registry that lost one layer would
+/// otherwise pass here and fail at `run` with "unknown blob"). What is
+/// missing is pushed again from the store when the store has the image.
+pub async fn ensure_image(
     registry: &str,
     repo: &str,
-    digest: &str,
+    image: &super::lockfile::LockedImage,
     store: &BlobStore,
-) -> Result<Option<PushStats>, LockError> {
-    let exists = match loopback_manifest_exists(registry, repo, digest).await {
-        Some(answer) => answer,
-        None => registry::manifest_exists(registry, repo, digest).await?,
-    };
-    if exists {
-        return Ok(Some(PushStats::default()));
+) -> Result<Presence, LockError> {
+    let digest = &image.manifest_digest;
+    let mut missing = Vec::new();
+    if !head(registry, repo, "manifests", digest).await? {
+        missing.push(format!("manifest {digest}"));
+    }
+    let blobs = std::iter::once(("config", &image.config_digest))
+        .chain(image.layers.iter().map(|l| (l.name.as_str(), &l.digest)));
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, d) in blobs {
+        if seen.insert(d.clone()) && !head(registry, repo, "blobs", d).await? {
+            missing.push(format!("{name} {d}"));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(Presence::Complete);
     }
     match BuiltImage::from_store(digest, store) {
         Ok(img) if img.layers.iter().all(|l| store.has(&l.digest)) => {
-            push(registry, repo, &img, store).await.map(Some)
+            let push = push(registry, repo, &img, store).await?;
+            Ok(Presence::Repaired { missing, push })
         }
-        _ => Ok(None),
+        _ => Ok(Presence::Missing(missing)),
     }
 }
 
-/// A plain-HTTP `HEAD /v2/<repo>/manifests/<digest>` for loopback
-/// registries: the no-op `lock` asks only this one question, and building a
+/// One HEAD: the fast loopback path when it gives a clear answer, else the
+/// registry client (which reports errors properly).
+async fn head(registry: &str, repo: &str, kind: &str, digest: &str) -> Result<bool, LockError> {
+    if let Some(answer) = loopback_exists(registry, repo, kind, digest).await {
+        return Ok(answer);
+    }
+    let client = registry::RegistryClient::new(registry)?;
+    Ok(if kind == "manifests" {
+        client.manifest_exists(repo, digest).await?
+    } else {
+        client.blob_exists(repo, digest).await?
+    })
+}
+
+/// A plain-HTTP `HEAD /v2/<repo>/<kind>/<digest>` for loopback
+/// registries: the no-op `lock` asks only these questions, and building a
 /// full registry client (which loads and parses the system's CA store) would
 /// cost more than the rest of the no-op put together. `None` when the answer
 /// is not a clear yes or no (not loopback, auth required, connection
 /// trouble): the caller then asks through the `registry` module, which
 /// reports errors properly.
-async fn loopback_manifest_exists(registry: &str, repo: &str, digest: &str) -> Option<bool> {
+async fn loopback_exists(registry: &str, repo: &str, kind: &str, digest: &str) -> Option<bool> {
     use http_body_util::Empty;
     use hyper::body::Bytes;
 
@@ -165,7 +202,7 @@ async fn loopback_manifest_exists(registry: &str, repo: &str, digest: &str) -> O
         crate::oci::media::DOCKER_MANIFEST_LIST,
     ]
     .join(", ");
-    let req = hyper::Request::head(format!("/v2/{repo}/manifests/{digest}"))
+    let req = hyper::Request::head(format!("/v2/{repo}/{kind}/{digest}"))
         .header(hyper::header::HOST, registry)
         .header(hyper::header::ACCEPT, accept)
         .body(Empty::new())

@@ -36,6 +36,7 @@ use crate::plan::{
     SidecarImage,
 };
 use crate::policy::{Limits, POLICY_LABEL, Policy, PolicyError, SidecarKind};
+use crate::acquire::{self, AcquireError, Located, Source};
 use crate::reference::Reference;
 
 pub use teardown::Teardown;
@@ -60,12 +61,6 @@ pub enum RunError {
         #[source]
         source: PolicyError,
     },
-    #[error("{path}: {message}")]
-    Lockfile { path: PathBuf, message: String },
-    #[error(
-        "no project root: no `agents/` folder in {0} or its parents; pass --root DIR or a full <registry>/<repo>@sha256:… reference"
-    )]
-    NoRoot(PathBuf),
     #[error(
         "`--dry-run` of {0} needs its policy without contacting the engine: use `<agent>` or `<agent>@sha256:…` with a lockfile in lockfiles/"
     )]
@@ -78,6 +73,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Egress(#[from] crate::egress::EgressError),
+    #[error(transparent)]
+    Acquire(#[from] AcquireError),
     #[error("stopped by {signal}")]
     Stopped { signal: &'static str, code: u8 },
     #[error("{what}: {source}")]
@@ -102,10 +99,9 @@ impl crate::error::Classify for RunError {
         match self {
             RunError::Engine(e) => e.exit_kind(),
             RunError::Egress(e) => e.exit_kind(),
+            RunError::Acquire(e) => e.exit_kind(),
             RunError::Plan(e) => e.exit_kind(),
             RunError::Policy { .. }
-            | RunError::Lockfile { .. }
-            | RunError::NoRoot(_)
             | RunError::DryRunNeedsLock(_) => ExitKind::BadInput,
             RunError::Sidecar { .. } | RunError::Stopped { .. } => ExitKind::Failure,
             RunError::Io { .. } => ExitKind::Environment,
@@ -117,8 +113,8 @@ impl crate::error::Classify for RunError {
 #[derive(Debug, Clone)]
 pub struct Request {
     pub reference: Reference,
-    /// Registry host for agent references.
-    pub registry: String,
+    /// Registry host for agent references; `None`: local store only.
+    pub registry: Option<String>,
     pub root: Option<PathBuf>,
     pub options: RunOptions,
     pub allow_unpatched_engine: bool,
@@ -126,123 +122,17 @@ pub struct Request {
     pub sidecar_image: Option<String>,
 }
 
-/// Where the image lives and which digest it must have.
-#[derive(Debug, Clone)]
-struct Target {
-    /// `<registry>/<repo>` as the engine names it.
-    repository: String,
-    digest: String,
-    /// The policy in the lockfile, when the reference came through one.
-    lock_policy: Option<Policy>,
-}
-
-/// Find the project root: the given one, or the nearest ancestor of the
-/// current directory with an `agents/` folder.
+/// Find the project root (see [`crate::acquire::project_root`]).
 pub fn project_root(root: Option<&Path>) -> Result<PathBuf, RunError> {
-    if let Some(r) = root {
-        return Ok(r.to_path_buf());
-    }
-    let cwd = std::env::current_dir().map_err(|source| RunError::Io {
-        what: "reading the current directory".into(),
-        source,
-    })?;
-    cwd.ancestors()
-        .find(|d| d.join("agents").is_dir())
-        .map(Path::to_path_buf)
-        .ok_or(RunError::NoRoot(cwd))
+    Ok(acquire::project_root(root)?)
 }
 
-/// The facts `run` needs from `lockfiles/<agent>.lock.json`.
-#[derive(Debug, Clone)]
-pub struct LockFacts {
-    pub repository: String,
-    pub digest: String,
-    pub policy: Option<Policy>,
-}
-
-/// Read the lockfile loosely: only the fields `run` needs (the builder owns
-/// the format).
-pub fn read_lock(root: &Path, agent: &str) -> Result<LockFacts, RunError> {
-    let path = root.join(crate::lock::lockfile::rel_path(agent));
-    let err = |message: String| RunError::Lockfile {
-        path: path.clone(),
-        message,
-    };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        err(format!(
-            "cannot read the lockfile ({e}); run `bottle lock {agent}` first or pass {agent}@sha256:…"
-        ))
-    })?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| err(format!("not valid JSON: {e}")))?;
-    let image = &v["image"];
-    let digest = ["manifest_digest", "digest"]
-        .iter()
-        .find_map(|k| image[*k].as_str())
-        .ok_or_else(|| err("field `image.manifest_digest` is missing".into()))?
-        .to_string();
-    if !crate::reference::is_digest(&digest) {
-        return Err(err(format!(
-            "field `image.manifest_digest` is `{digest}`, expected sha256:<64 hex>"
-        )));
-    }
-    let repository = image["repository"].as_str().unwrap_or(agent).to_string();
-    let policy = match v.get("policy") {
-        Some(p) => {
-            let p: Policy = serde_json::from_value(p.clone())
-                .map_err(|e| err(format!("field `policy`: {e}")))?;
-            p.validate()
-                .map_err(|e| err(format!("field `policy`: {e}")))?;
-            Some(p)
-        }
-        None => None,
-    };
-    Ok(LockFacts {
-        repository,
-        digest,
-        policy,
-    })
-}
-
-fn resolve(req: &Request) -> Result<Target, RunError> {
-    let lock = |agent: &str| -> Result<LockFacts, RunError> {
-        let root = project_root(req.root.as_deref())?;
-        read_lock(&root, agent)
-    };
-    match &req.reference {
-        Reference::Agent(agent) => {
-            let l = lock(agent)?;
-            Ok(Target {
-                repository: format!("{}/{}", req.registry, l.repository),
-                digest: l.digest,
-                lock_policy: l.policy,
-            })
-        }
-        Reference::AgentDigest { agent, digest } => {
-            // The lockfile (if any) only names the repository path; the
-            // digest is the caller's.
-            let l = lock(agent).ok();
-            let repo = l
-                .as_ref()
-                .map(|l| l.repository.clone())
-                .unwrap_or_else(|| crate::lock::repository(agent));
-            let lock_policy = l.filter(|l| &l.digest == digest).and_then(|l| l.policy);
-            Ok(Target {
-                repository: format!("{}/{}", req.registry, repo),
-                digest: digest.clone(),
-                lock_policy,
-            })
-        }
-        Reference::Full {
-            registry,
-            repository,
-            digest,
-        } => Ok(Target {
-            repository: format!("{registry}/{repository}"),
-            digest: digest.clone(),
-            lock_policy: None,
-        }),
-    }
+fn locate(req: &Request) -> Result<Located, RunError> {
+    Ok(acquire::locate(
+        &req.reference,
+        req.registry.as_deref(),
+        || acquire::project_root(req.root.as_deref()),
+    )?)
 }
 
 fn host_env_names() -> BTreeSet<String> {
@@ -274,13 +164,13 @@ fn home_of(env: &[String]) -> String {
 
 /// The plan `--dry-run` prints: from the lockfile alone, no engine call.
 pub fn dry_run(req: &Request) -> Result<(RunPlan, String), RunError> {
-    let target = resolve(req)?;
+    let target = locate(req)?;
     let policy = target
-        .lock_policy
+        .policy
         .clone()
         .ok_or_else(|| RunError::DryRunNeedsLock(req.reference.to_string()))?;
     let image = ImageFacts {
-        reference: format!("{}@{}", target.repository, target.digest),
+        reference: target.to_string(),
         digest: target.digest.clone(),
         size: None,
         user: String::new(),
@@ -326,6 +216,10 @@ pub struct Prepared {
     pub plan: RunPlan,
     pub engine_version: EngineVersion,
     pub sidecar_config: String,
+    /// How the image got into the engine (the preflight says it).
+    pub source: Source,
+    /// Human detail about that (e.g. why the registry was passed over).
+    pub notes: Vec<String>,
 }
 
 /// Connect, check the engine, pull by digest, verify it, read the policy,
@@ -335,16 +229,16 @@ pub async fn prepare(
     progress: &mut (dyn FnMut(&PullProgress) + Send),
 ) -> Result<Prepared, RunError> {
     let mut phases = Phases::new();
-    let target = resolve(req)?;
+    let target = locate(req)?;
     let docker = engine::connect().await?;
     let version = engine::version(&docker).await?;
     engine::check_version(&version, req.allow_unpatched_engine)?;
     phases.mark("engine connected and checked");
 
-    let reference = format!("{}@{}", target.repository, target.digest);
-    engine::pull(&docker, &reference, &mut *progress).await?;
+    let store = crate::oci::BlobStore::open_default().map_err(AcquireError::from)?;
+    let acquired = acquire::to_engine(&docker, &target, &store, &mut *progress).await?;
+    let reference = acquired.reference.clone();
     let info = engine::inspect_image(&docker, &reference).await?;
-    engine::verify_digest(&info, &target.repository, &target.digest)?;
     let policy = Policy::from_label(info.labels.get(POLICY_LABEL).map(String::as_str)).map_err(
         |source| RunError::Policy {
             reference: reference.clone(),
@@ -352,7 +246,7 @@ pub async fn prepare(
         },
     )?;
 
-    phases.mark("image pulled/verified, policy read");
+    phases.mark("image in the engine and verified, policy read");
     let kind = plan::sidecar_kind(&policy, &req.options);
     let side = match (kind, &req.sidecar_image) {
         (_, Some(image)) => {
@@ -405,6 +299,8 @@ pub async fn prepare(
         plan: p,
         engine_version: version,
         sidecar_config,
+        source: acquired.source,
+        notes: acquired.notes,
     })
 }
 
@@ -524,7 +420,7 @@ pub async fn execute(prepared: Prepared, interactive: bool) -> Result<Outcome, R
         }
     });
     let mut guard = Teardown::new();
-    let blocked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let blocked: Arc<Mutex<sidecar::BlockedLog>> = Arc::default();
 
     let result = start_and_run(&prepared, &mut guard, interactive, blocked.clone(), rx).await;
     let mut phases = Phases::new();
@@ -536,11 +432,10 @@ pub async fn execute(prepared: Prepared, interactive: bool) -> Result<Outcome, R
         Err(RunError::Stopped { signal, code }) => (code, Some(signal)),
         Err(e) => return Err(e),
     };
-    let hosts = blocked.lock().map(|v| v.clone()).unwrap_or_default();
     Ok(Outcome {
         code,
         signal,
-        blocked: sidecar::blocked_summary(&hosts),
+        blocked: blocked.lock().ok().and_then(|b| b.summary()),
         teardown_errors,
     })
 }
@@ -563,7 +458,7 @@ async fn start_and_run(
     prepared: &Prepared,
     guard: &mut Teardown,
     interactive: bool,
-    blocked: Arc<Mutex<Vec<String>>>,
+    blocked: Arc<Mutex<sidecar::BlockedLog>>,
     mut stop: StopRx,
 ) -> Result<u8, RunError> {
     let Prepared {
@@ -571,6 +466,7 @@ async fn start_and_run(
         plan,
         engine_version: version,
         sidecar_config,
+        ..
     } = prepared;
     // The config also lives in a private temp dir for the run's lifetime
     // (mode 600), so an operator can read what the sidecar enforces.
@@ -718,7 +614,7 @@ async fn start_sidecar(
     docker: &Docker,
     plan: &RunPlan,
     builtin: bool,
-    blocked: Arc<Mutex<Vec<String>>>,
+    blocked: Arc<Mutex<sidecar::BlockedLog>>,
     stop: &StopRx,
 ) -> Result<(), RunError> {
     let name = &plan.sidecar.name;
@@ -744,10 +640,8 @@ async fn start_sidecar(
                 if sidecar::is_ready_line(&line) {
                     let _ = ready_tx.send(true);
                 }
-                if let Some(h) = sidecar::blocked_host(&line) {
-                    if let Ok(mut b) = blocked.lock() {
-                        b.push(h);
-                    }
+                if let Ok(mut b) = blocked.lock() {
+                    b.observe(&line);
                 }
                 if let Ok(mut t) = tail_w.lock() {
                     t.push(line);
