@@ -34,6 +34,8 @@ pub struct Project {
     root: PathBuf,
     pub cache: tempfile::TempDir,
     pub home: tempfile::TempDir,
+    /// Whether this project's cache got the shared downloads already.
+    seeded: std::cell::Cell<bool>,
 }
 
 impl Project {
@@ -68,6 +70,7 @@ impl Project {
             root,
             cache: tempfile::tempdir().expect("tempdir"),
             home: tempfile::tempdir().expect("tempdir"),
+            seeded: std::cell::Cell::new(false),
         }
     }
 
@@ -130,7 +133,9 @@ impl Project {
                 });
             }
         }
-        share_downloads(&self.cache.path().join("fetch/sha256"), true);
+        if !self.seeded.replace(true) {
+            share_downloads(&self.cache.path().join("fetch/sha256"), true);
+        }
         let o = cmd.output().expect("run bottle");
         share_downloads(&self.cache.path().join("fetch/sha256"), false);
         Out {
@@ -203,11 +208,14 @@ pub fn lock_json(p: &Project, agent: &str) -> serde_json::Value {
     serde_json::from_slice(&p.read(&format!("lockfiles/{agent}.lock.json"))).unwrap()
 }
 
-/// Downloads (Debian indexes and `.deb` files above all) are shared between
-/// the test projects through one content-addressed folder, so each test's
-/// own cache does not fetch the archive again: `seed` copies what the
-/// shared folder has into `dir`, else `dir`'s new files go to the shared
-/// folder. Safe because a cache file always hashes to its name.
+/// Large downloads (Debian indexes and `.deb` files) are shared between the
+/// test projects through one content-addressed folder, so each test's own
+/// cache does not fetch the archive again: `seed` (once per project, before
+/// its first command, so a test that empties its cache later gets an empty
+/// cache) copies what the shared folder has into `dir`, else `dir`'s new
+/// files go to the shared folder. Small files (the tests' own fetched
+/// tools) are never shared. Safe because a cache file always hashes to its
+/// name.
 fn share_downloads(dir: &Path, seed: bool) {
     let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bottle-shared-fetch");
     let _ = fs::create_dir_all(&shared);
@@ -217,7 +225,12 @@ fn share_downloads(dir: &Path, seed: bool) {
     for e in rd.flatten() {
         let name = e.file_name();
         let n = name.to_string_lossy();
-        if n.len() != 64 || !n.bytes().all(|b| b.is_ascii_hexdigit()) || to.join(&name).exists() {
+        let small = e.metadata().map(|m| m.len() < 256 * 1024).unwrap_or(true);
+        if small
+            || n.len() != 64
+            || !n.bytes().all(|b| b.is_ascii_hexdigit())
+            || to.join(&name).exists()
+        {
             continue;
         }
         // Copy to a temp name and rename, so a reader never sees half a file.
