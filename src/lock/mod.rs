@@ -254,6 +254,16 @@ async fn resolve_pins(
         });
     }
 
+    // Debian packages (see `crate::debian`).
+    let packages = match &agent.recipe.packages {
+        Some(p) => {
+            let old = old.and_then(|o| o.packages.as_ref());
+            let pins = crate::debian::pin(p, &platform, old, update, &cache, ctx.offline, notes);
+            Some(pins.await?)
+        }
+        None => None,
+    };
+
     // Sidecar image.
     let sidecar_image = match agent.sidecar {
         SidecarKind::Builtin => None,
@@ -280,16 +290,6 @@ async fn resolve_pins(
                 }
             }
         }
-    };
-
-    // Debian packages (see `crate::debian`).
-    let packages = match &agent.recipe.packages {
-        Some(p) => {
-            let old = old.and_then(|o| o.packages.as_ref());
-            let pins = crate::debian::pin(p, &platform, old, update, &cache, ctx.offline, notes);
-            Some(pins.await?)
-        }
-        None => None,
     };
 
     let pairs: Vec<(String, String)> = fetched
@@ -711,16 +711,17 @@ async fn changed_pins(
     };
     let mut out = Vec::new();
     for (f, (_, hex)) in agent.recipe.fetch.iter().zip(pairs) {
-        match cache.ensure(&f.url, Some(hex), file, ctx.offline).await {
-            Err(LockError::FetchMismatch { actual, .. }) => out.push(format!(
+        // Unreachable sources say nothing about the pin; the generic
+        // inputs-hash line stands.
+        if let Err(LockError::FetchMismatch { actual, .. }) =
+            cache.ensure(&f.url, Some(hex), file, ctx.offline).await
+        {
+            out.push(format!(
                 "input `fetch:/{}` ({}) changed: lockfile sha256:{hex}, the source has sha256:{}",
                 f.dest,
                 f.url,
                 actual.trim_start_matches("sha256:")
-            )),
-            // Unreachable sources say nothing about the pin; the generic
-            // inputs-hash line stands.
-            _ => {}
+            ));
         }
     }
     out

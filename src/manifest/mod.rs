@@ -833,7 +833,7 @@ pub fn load_recipe(root: &Path, name: &str) -> Result<Recipe, ManifestError> {
     }
     let packages = match &raw.packages {
         None => None,
-        Some(p) => Some(check_packages(p, &from, value, &bad)?),
+        Some(p) => Some(check_packages(p, &from, &doc)?),
     };
     Ok(Recipe {
         packages,
@@ -877,12 +877,11 @@ impl<'a, T: ?Sized + Eq + std::hash::Hash> FirstSeen<'a, T> {
 }
 
 /// Validate a recipe's `packages` (names, architecture, archive).
-fn check_packages(
-    p: &RawPackages,
-    from: &From,
-    value: &serde_json::Value,
-    bad: &dyn Fn(&str, Option<&str>, String, &str) -> ManifestError,
-) -> Result<Packages, ManifestError> {
+fn check_packages(p: &RawPackages, from: &From, doc: &Doc) -> Result<Packages, ManifestError> {
+    let bad = |field: &str, needle: Option<&str>, problem: String, help: &str| {
+        doc.bad(field, needle, problem, help)
+    };
+    let value = &doc.value;
     if *from != From::Scratch {
         return Err(bad(
             "packages",
