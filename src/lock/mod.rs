@@ -658,16 +658,17 @@ async fn changed_pins(
     };
     let mut out = Vec::new();
     for (f, (_, hex)) in agent.recipe.fetch.iter().zip(pairs) {
-        match cache.ensure(&f.url, Some(hex), file, ctx.offline).await {
-            Err(LockError::FetchMismatch { actual, .. }) => out.push(format!(
+        // Unreachable sources say nothing about the pin; the generic
+        // inputs-hash line stands for them.
+        if let Err(LockError::FetchMismatch { actual, .. }) =
+            cache.ensure(&f.url, Some(hex), file, ctx.offline).await
+        {
+            out.push(format!(
                 "input `fetch:/{}` ({}) changed: lockfile sha256:{hex}, the source has sha256:{}",
                 f.dest,
                 f.url,
                 actual.trim_start_matches("sha256:")
-            )),
-            // Unreachable sources say nothing about the pin; the generic
-            // inputs-hash line stands.
-            _ => {}
+            ));
         }
     }
     out
