@@ -197,7 +197,11 @@ pub fn locate(
     let registry = registry.map(str::to_string);
     let from_lock = |root: PathBuf, agent: &str, l: LockFacts, digest: &str| {
         let same = l.digest == digest;
-        let has_manifest = root.join("agents").join(agent).join("bottle.json").is_file();
+        let has_manifest = root
+            .join("agents")
+            .join(agent)
+            .join("bottle.json")
+            .is_file();
         Located {
             registry: registry.clone(),
             repository: l.repository,
@@ -391,7 +395,12 @@ pub async fn to_engine(
     }
     if let Some(r) = loc.remote()
         && let Ok(info) = engine::inspect_image(docker, &r).await
-        && engine::verify_digest(&info, &format!("{}/{}", registry_of(loc), loc.repository), &loc.digest).is_ok()
+        && engine::verify_digest(
+            &info,
+            &format!("{}/{}", registry_of(loc), loc.repository),
+            &loc.digest,
+        )
+        .is_ok()
     {
         return Ok(done(r, Source::Engine));
     }
@@ -514,7 +523,10 @@ mod tests {
             digest: other.clone(),
         };
         let l = locate(&r, None, at).unwrap();
-        assert_eq!((l.digest.as_str(), l.config_digest, l.realizable), (other.as_str(), None, None));
+        assert_eq!(
+            (l.digest.as_str(), l.config_digest, l.realizable),
+            (other.as_str(), None, None)
+        );
     }
 
     #[test]

@@ -313,7 +313,9 @@ impl std::io::Write for ChunkSender {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0
             .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "engine stopped reading"))?;
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "engine stopped reading")
+            })?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -342,20 +344,19 @@ pub async fn load_image(
     let err_tx = tx.clone();
     let writer = tokio::task::spawn_blocking(move || {
         let out = std::io::BufWriter::with_capacity(256 * 1024, ChunkSender(tx));
-        if let Err(e) = crate::oci::archive::write_archive(&image_c, &store_c, &tags, out)
-            .and_then(|w| {
-                w.into_inner()
-                    .map(drop)
-                    .map_err(|e| crate::oci::OciError::io("cannot stream", "the archive", e.into_error()))
+        if let Err(e) =
+            crate::oci::archive::write_archive(&image_c, &store_c, &tags, out).and_then(|w| {
+                w.into_inner().map(drop).map_err(|e| {
+                    crate::oci::OciError::io("cannot stream", "the archive", e.into_error())
+                })
             })
         {
             let _ = err_tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
     });
     let shown = bar.clone();
-    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|c| (c, rx))
-    });
+    let chunks =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let body = chunks.inspect(move |c| {
         if let Ok(b) = c {
             shown.inc(b.len() as u64);

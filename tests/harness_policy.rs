@@ -39,7 +39,10 @@ fn a_missing_engine_fails_the_tests_unless_the_opt_out_is_set() {
     let (ok, text) = probe(&[]);
     assert!(!ok, "a test without an engine passed outside CI: {text}");
     assert!(text.contains("a Docker engine is missing"), "{text}");
-    assert!(text.contains(common::SKIP_VAR), "says how to opt out: {text}");
+    assert!(
+        text.contains(common::SKIP_VAR),
+        "says how to opt out: {text}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("skips");

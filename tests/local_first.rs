@@ -25,7 +25,11 @@ const NONE: Option<&str> = Some("");
 /// image and its run objects are this test's alone.
 fn unique_agent(p: &Project, name: &str) -> String {
     let src = lock_support::repo().join("agents/hello");
-    lock_support::copy_tree(&src, &p.path(&format!("agents/{name}")), Variation::default());
+    lock_support::copy_tree(
+        &src,
+        &p.path(&format!("agents/{name}")),
+        Variation::default(),
+    );
     let nonce = format!(
         "{}-{}",
         std::process::id(),
@@ -55,9 +59,16 @@ fn lock_without_a_registry_stores_locally_and_a_named_registry_that_is_down_is_e
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(digest_of(&out), committed, "{out:?}");
     assert!(p.path("lockfiles/hello.lock.json").is_file());
-    assert!(out.stderr.contains("bottle push hello"), "says how to share: {out:?}");
+    assert!(
+        out.stderr.contains("bottle push hello"),
+        "says how to share: {out:?}"
+    );
     let store = p.cache.path().join("oci/blobs/sha256");
-    assert!(store.join(committed.trim_start_matches("sha256:")).is_file());
+    assert!(
+        store
+            .join(committed.trim_start_matches("sha256:"))
+            .is_file()
+    );
 
     // A no-op lock with no registry confirms the store and writes nothing.
     let again = p.bottle(&["lock", "hello"], NONE, &[]);
@@ -106,7 +117,11 @@ fn lock_offline_never_touches_the_registry() {
     let noop = p.bottle(&["lock", "--offline", "hello"], Some(&addr), &[]);
     assert_eq!(noop.code, 0, "{noop:?}");
     assert!(noop.stderr.contains("not checked"), "{noop:?}");
-    assert_eq!(seen.load(Ordering::SeqCst), 0, "--offline connected to {addr}");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        0,
+        "--offline connected to {addr}"
+    );
     // The recorder does see a lock that is allowed online (so the zero above
     // means something).
     let online = p.bottle(&["lock", "hello"], Some(&addr), &[]);
@@ -190,9 +205,15 @@ async fn run_gets_the_locked_digest_by_the_cheapest_sound_path() {
     let locked = p.bottle(&["lock", &agent], NONE, &[]);
     assert_eq!(locked.code, 0, "{locked:?}");
     let lock = lock_json(&p, &agent);
-    let digest = lock["image"]["manifest_digest"].as_str().unwrap().to_string();
+    let digest = lock["image"]["manifest_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let config = lock["image"]["config_digest"].as_str().unwrap().to_string();
-    let tag = format!("bottle/{agent}:sha256-{}", digest.trim_start_matches("sha256:"));
+    let tag = format!(
+        "bottle/{agent}:sha256-{}",
+        digest.trim_start_matches("sha256:")
+    );
     struct Untag(String);
     impl Drop for Untag {
         fn drop(&mut self) {
@@ -212,7 +233,14 @@ async fn run_gets_the_locked_digest_by_the_cheapest_sound_path() {
     let unpatched = [("BOTTLE_ALLOW_UNPATCHED_ENGINE", "1")];
     let run = |expect: &str| {
         let o = p.bottle(
-            &["run", "--yes", &agent, "--", "cat", "/home/agent/.bottle/prompt.md"],
+            &[
+                "run",
+                "--yes",
+                &agent,
+                "--",
+                "cat",
+                "/home/agent/.bottle/prompt.md",
+            ],
             NONE,
             &unpatched,
         );
@@ -220,17 +248,24 @@ async fn run_gets_the_locked_digest_by_the_cheapest_sound_path() {
         assert!(o.stdout.contains(&prompt), "{o:?}");
         assert!(o.stderr.contains(expect), "expected `{expect}`: {o:?}");
         let short = &digest[..19];
-        assert!(o.stderr.contains(short), "the preflight names {short}: {o:?}");
+        assert!(
+            o.stderr.contains(short),
+            "the preflight names {short}: {o:?}"
+        );
     };
     let nothing_left = || async {
-        let l = run_common::wait_for(&docker, &agent, Duration::from_secs(10), |l| l.is_empty()).await;
+        let l =
+            run_common::wait_for(&docker, &agent, Duration::from_secs(10), |l| l.is_empty()).await;
         assert!(l.is_empty(), "left behind: {l:?}");
     };
 
     // Empty engine, image in the store (from `lock`).
     run("from the local store");
     let id = docker.inspect_image(&tag).await.unwrap().id.unwrap();
-    assert_eq!(id, config, "the engine's image ID is the locked config digest");
+    assert_eq!(
+        id, config,
+        "the engine's image ID is the locked config digest"
+    );
     nothing_left().await;
     // The engine has it now.
     run("already in the engine");
@@ -256,7 +291,10 @@ async fn run_gets_the_locked_digest_by_the_cheapest_sound_path() {
     assert_eq!(o.code, 1, "{o:?}");
     assert!(o.stderr.contains("input `fetch:/bin/busybox`"), "{o:?}");
     assert!(o.stdout.is_empty(), "{o:?}");
-    assert!(docker.inspect_image(&tag).await.is_err(), "nothing was loaded");
+    assert!(
+        docker.inspect_image(&tag).await.is_err(),
+        "nothing was loaded"
+    );
     nothing_left().await;
 }
 
@@ -282,10 +320,7 @@ fn slow_registry(manifest: Vec<u8>) -> String {
                     );
                     let _ = s.write_all(&manifest);
                 } else if path.contains("/blobs/") {
-                    let _ = write!(
-                        s,
-                        "HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n"
-                    );
+                    let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n");
                     let deadline = Instant::now() + Duration::from_secs(60);
                     while Instant::now() < deadline && s.write_all(&[0u8; 1024]).is_ok() {
                         std::thread::sleep(Duration::from_millis(20));

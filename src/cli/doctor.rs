@@ -100,7 +100,12 @@ async fn engine_facts(facts: &mut Vec<Fact>, allow_unpatched: bool) -> bool {
     let version = match engine::version(&docker).await {
         Ok(v) => v,
         Err(e) => {
-            facts.push(fact("engine", false, e.to_string(), Some("start Docker".into())));
+            facts.push(fact(
+                "engine",
+                false,
+                e.to_string(),
+                Some("start Docker".into()),
+            ));
             return false;
         }
     };
@@ -144,7 +149,10 @@ fn dns_fact(v: &EngineVersion, allow_unpatched: bool) -> (Fact, bool) {
     } else {
         "`bottle run` needs --allow-unpatched-engine (or BOTTLE_ALLOW_UNPATCHED_ENGINE=1) on this engine, which applies bottle's DNS mitigation; or upgrade Docker to 25.0.5 or later"
     };
-    (fact("dns-fix", false, detail, Some(fix.into())), allow_unpatched)
+    (
+        fact("dns-fix", false, detail, Some(fix.into())),
+        allow_unpatched,
+    )
 }
 
 fn gateway_fact(v: &EngineVersion) -> Fact {
@@ -233,7 +241,10 @@ async fn registry_fact(registry: Option<&str>) -> Fact {
 
 fn disk_fact(cache: &Path) -> Fact {
     // The cache may not exist yet; its nearest existing ancestor holds it.
-    let existing = cache.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let existing = cache
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
     match free_bytes(existing) {
         Some(free) => {
             let mib = free / (1024 * 1024);

@@ -119,7 +119,9 @@ async fn dispatch(command: Command) -> CliResult {
 
 /// Run `fut` unless SIGINT or SIGTERM comes first; then drop it (its
 /// destructors run) and return the signal's name.
-pub(crate) async fn interruptible<T>(fut: impl std::future::Future<Output = T>) -> Result<T, &'static str> {
+pub(crate) async fn interruptible<T>(
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, &'static str> {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),

@@ -177,7 +177,10 @@ pub async fn exec(args: Args) -> CliResult {
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }
-            return Ok(super::interrupted(sig, "while getting the image; nothing was started"));
+            return Ok(super::interrupted(
+                sig,
+                "while getting the image; nothing was started",
+            ));
         }
     };
     if let Some(b) = bar {
@@ -213,7 +216,12 @@ pub async fn exec(args: Args) -> CliResult {
         .await
         {
             Ok(answer) => answer?,
-            Err(sig) => return Ok(super::interrupted(sig, "at the question; nothing was started")),
+            Err(sig) => {
+                return Ok(super::interrupted(
+                    sig,
+                    "at the question; nothing was started",
+                ));
+            }
         };
     if !approved {
         eprintln!("not started (answer `y`, or pass --yes to skip the question)");
@@ -250,8 +258,10 @@ fn progress_bar() -> Option<indicatif::ProgressBar> {
     }
     let b = indicatif::ProgressBar::new(0);
     b.set_style(
-        indicatif::ProgressStyle::with_template("getting the image {bar:30} {bytes}/{total_bytes} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "getting the image {bar:30} {bytes}/{total_bytes} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     Some(b)
 }

@@ -112,7 +112,10 @@ pub enum Presence {
     /// The manifest and every blob it names answer HEAD.
     Complete,
     /// Some were missing and were pushed again from the blob store.
-    Repaired { missing: Vec<String>, push: PushStats },
+    Repaired {
+        missing: Vec<String>,
+        push: PushStats,
+    },
     /// Missing, and the blob store cannot supply them: the caller rebuilds.
     Missing(Vec<String>),
 }

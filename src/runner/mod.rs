@@ -31,13 +31,13 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::acquire::{self, AcquireError, Located, Source};
 use crate::engine::{self, ContainerSpec, EngineError, EngineVersion, PullProgress};
 use crate::plan::{
     self, EnvValue, ImageFacts, PlanError, RunIdentity, RunOptions, RunPlan, SIDECAR_CONFIG_DIR,
     SidecarImage,
 };
 use crate::policy::{Limits, POLICY_LABEL, Policy, PolicyError, SidecarKind};
-use crate::acquire::{self, AcquireError, Located, Source};
 use crate::reference::Reference;
 
 pub use teardown::Teardown;
@@ -102,8 +102,7 @@ impl crate::error::Classify for RunError {
             RunError::Egress(e) => e.exit_kind(),
             RunError::Acquire(e) => e.exit_kind(),
             RunError::Plan(e) => e.exit_kind(),
-            RunError::Policy { .. }
-            | RunError::DryRunNeedsLock(_) => ExitKind::BadInput,
+            RunError::Policy { .. } | RunError::DryRunNeedsLock(_) => ExitKind::BadInput,
             RunError::Sidecar { .. } | RunError::Stopped { .. } => ExitKind::Failure,
             RunError::Io { .. } => ExitKind::Environment,
         }
