@@ -196,6 +196,11 @@ pub fn sidecar_kind(policy: &Policy, options: &RunOptions) -> SidecarKind {
     options.sidecar.unwrap_or(policy.sidecar.kind)
 }
 
+/// Preflight line for the pipelock sidecar: what it does not enforce that
+/// the builtin does (per-port rules, SNI, Host header; README's sidecar
+/// table has the list).
+pub const PIPELOCK_GAPS_LINE: &str = "  pipelock: ports and SNI not enforced; see README";
+
 /// Build the plan. `host_env` holds the NAMES of the variables set on the host.
 pub fn plan(
     policy: &Policy,
@@ -416,6 +421,9 @@ impl RunPlan {
                 .map(short_digest)
                 .unwrap_or_else(|| self.sidecar.image.image.clone())
         ));
+        if self.sidecar.kind == SidecarKind::Pipelock {
+            out.push(PIPELOCK_GAPS_LINE.into());
+        }
         if let Some(w) = &self.container.workspace {
             out.push(format!(
                 "  workspace: {} -> /workspace (read-write)",
@@ -654,6 +662,33 @@ mod tests {
                 .contains(&(LABEL_ROLE.into(), "network".into()))
         );
         assert!(p.container.dns.is_empty());
+    }
+
+    #[test]
+    fn preflight_names_pipelock_gaps_only_for_pipelock() {
+        let host = BTreeSet::new();
+        let mut pol = policy(sorted(ORIGINAL_SEVEN));
+        pol.sidecar = Sidecar {
+            kind: SidecarKind::Pipelock,
+            image: Some(format!(
+                "{}@sha256:{}",
+                crate::lock::PIPELOCK_IMAGE,
+                "b".repeat(64)
+            )),
+        };
+        let run = |sidecar: Option<SidecarKind>| {
+            let options = RunOptions {
+                sidecar,
+                ..RunOptions::default()
+            };
+            plan(&pol, facts(), side(), &options, &host, &id())
+                .unwrap()
+                .preflight_lines()
+        };
+        let lines = run(None);
+        assert!(lines.iter().any(|l| l == PIPELOCK_GAPS_LINE), "{lines:?}");
+        let lines = run(Some(SidecarKind::Builtin));
+        assert!(!lines.iter().any(|l| l.contains("pipelock")), "{lines:?}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The generated config against pipelock's schema (key list in
-//! tests/data/pipelock-keys.txt), the config parser under proptest, and the
-//! `bottle proxy` binary: refusing to start, readiness line, SIGTERM.
+//! tests/data/pipelock-keys.txt) and a validator written from pipelock's
+//! rules (tests/egress_support/pipelock.rs), the config parser under
+//! proptest, and the `bottle proxy` binary: refusing to start, readiness
+//! line, SIGTERM.
 
 mod egress_support;
 
@@ -10,33 +12,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bottle::egress::config::{self, EgressConfig, PIPELOCK_SECTIONS, RunOptions};
+use egress_support::pipelock::{self as model, key_paths, schema_keys};
 use egress_support::policy;
 use proptest::strategy::Strategy as _;
 use serde_json::Value;
-
-fn schema_keys() -> BTreeSet<String> {
-    let text = include_str!("data/pipelock-keys.txt");
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(String::from)
-        .collect()
-}
-
-/// Every key path of a JSON document (lists are leaves).
-fn key_paths(v: &Value, prefix: &str, out: &mut BTreeSet<String>) {
-    if let Value::Object(m) = v {
-        for (k, child) in m {
-            let path = if prefix.is_empty() {
-                k.clone()
-            } else {
-                format!("{prefix}.{k}")
-            };
-            key_paths(child, &path, out);
-            out.insert(path);
-        }
-    }
-}
 
 fn generated(allow: &[&str], ssh: &[&str], trusted: &[&str]) -> EgressConfig {
     let opts = RunOptions {
@@ -74,12 +53,95 @@ fn generated_keys_are_all_in_pipelocks_schema() {
         "forward_proxy.idle_timeout_seconds",
         "trusted_domains",
         "fetch_proxy.monitoring.blocklist",
+        "fetch_proxy.monitoring.max_requests_per_minute",
+        "fetch_proxy.monitoring.subdomain_entropy_exclusions",
     ] {
         assert!(keys.contains(must), "generated config lacks `{must}`");
     }
     assert_eq!(v["mode"], "strict");
     assert_eq!(v["version"], 1);
     assert_eq!(v["forward_proxy"]["sni_verification"], true);
+}
+
+#[test]
+fn key_list_is_pinned_to_the_release_lock_pins() {
+    assert_eq!(
+        model::schema_release().as_deref(),
+        Some(bottle::egress::PIPELOCK_TAG),
+        "tests/data/pipelock-keys.txt must name the release `lock` pins"
+    );
+}
+
+/// The policies the issue names: nested wildcards with ssh and trusted
+/// hosts, and an empty allowlist.
+fn validator_cases() -> Vec<(&'static str, EgressConfig)> {
+    vec![
+        (
+            "nested",
+            generated(
+                &["*.a.example.com", "*.example.com", "api.test"],
+                &["git.test"],
+                &["api.test"],
+            ),
+        ),
+        ("empty", generated(&[], &[], &[])),
+    ]
+}
+
+#[test]
+fn generated_configs_pass_pipelocks_validator() {
+    let schema = schema_keys();
+    for (name, c) in validator_cases() {
+        let v: Value = serde_json::from_str(&c.to_file_text()).unwrap();
+        assert_eq!(
+            model::start_problems(&v, &schema),
+            Vec::<String>::new(),
+            "{name}"
+        );
+        assert_eq!(model::policy_problems(&v), Vec::<String>::new(), "{name}");
+        assert!(model::effective_rate(&v) >= model::AGENT_RATE_NEEDED);
+    }
+}
+
+#[test]
+fn configs_from_before_the_fix_fail_pipelocks_validator() {
+    // What `bottle` generated for the same policies before issue 14 (plus
+    // `*.lan` as a trusted host, which it then let through).
+    let schema = schema_keys();
+    let nested: Value =
+        serde_json::from_str(include_str!("data/pipelock-config-before-fix-nested.json")).unwrap();
+    let start = model::start_problems(&nested, &schema);
+    assert!(
+        start.iter().any(|p| p.contains("trusted_domains `*.lan`")),
+        "{start:?}"
+    );
+    let policy = model::policy_problems(&nested).join("\n");
+    for needle in [
+        "rate limit 60/min",
+        "`*.example.com` is not excluded",
+        "blocklist entry `a.example.com` is a name `*.example.com` allows",
+    ] {
+        assert!(policy.contains(needle), "{needle}: {policy}");
+    }
+    let empty: Value =
+        serde_json::from_str(include_str!("data/pipelock-config-before-fix-empty.json")).unwrap();
+    let policy = model::policy_problems(&empty).join("\n");
+    assert!(policy.contains("rate limit 60/min"), "{policy}");
+    // The same policies now generate configs without those problems, and
+    // `*.lan` is refused before a config exists.
+    let err = EgressConfig::from_policy(
+        &policy_of(&["api.test"]),
+        &RunOptions {
+            trusted: vec!["*.lan".into()],
+            ..RunOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("single label"), "{err}");
+}
+
+fn policy_of(allow: &[&str]) -> bottle::policy::Policy {
+    policy(allow, &[])
 }
 
 #[test]

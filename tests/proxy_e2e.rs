@@ -531,3 +531,201 @@ async fn large_and_chunked_bodies_pass_on_keepalive() {
     assert_eq!(body, b"host=web.example.com;path=/chunked;body=32");
     assert_eq!(w.proxy.decision().await["verdict"], "allow");
 }
+
+#[tokio::test]
+async fn transfer_encoding_other_than_one_chunked_is_rejected_and_connection_closed() {
+    let mut w = world().await;
+    for te in [
+        "Transfer-Encoding: chunked\t",
+        "Transfer-Encoding: chunked ",
+        "Transfer-Encoding: chunked, chunked",
+        "Transfer-Encoding: gzip, chunked",
+        "Transfer-Encoding: identity",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding : chunked",
+    ] {
+        let req = format!(
+            "POST http://web.example.com/ HTTP/1.1\r\nHost: web.example.com\r\n{te}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        let mut s = TcpStream::connect(w.proxy.addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let (code, head, _) = read_head(&mut s).await;
+        assert!(code == 400 || code == 0, "{te:?}: {head}");
+        assert!(closed(&mut s).await, "{te:?}: connection must close");
+        let d = w.proxy.decision().await;
+        assert_eq!(d["verdict"], "deny", "{te:?}: {d}");
+        let reason = d["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("exactly one `chunked`") || reason.contains("malformed"),
+            "{te:?}: {reason}"
+        );
+    }
+    // The one accepted form still passes.
+    let mut s = TcpStream::connect(w.proxy.addr).await.unwrap();
+    s.write_all(
+        b"POST http://web.example.com/ HTTP/1.1\r\nHost: web.example.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (code, head, body) = read_response(&mut s).await;
+    assert_eq!(code, 200, "{head}");
+    assert!(body.ends_with(b"body=5"), "{body:?}");
+    assert_eq!(w.proxy.decision().await["verdict"], "allow");
+}
+
+/// A world whose every lookup takes 300 ms (a slow zone behind a wildcard
+/// entry), with upstreams that answer, refuse and stay mute.
+async fn slow_world() -> World {
+    let pki = pki(&["tls.example.com"]);
+    let tls = tls_echo(pki.server.clone()).await;
+    let http = http_upstream().await;
+    let mute = mute_upstream().await;
+    let dead = closed_port().await;
+    let mut map: HashMap<String, Vec<SocketAddr>> = HashMap::new();
+    map.insert("tls.example.com".into(), vec![tls]);
+    map.insert("slow.example.com".into(), vec![http]);
+    map.insert("mute.example.com".into(), vec![mute]);
+    map.insert("dead.example.com".into(), vec![dead]);
+    let names = ["tls", "slow", "mute", "dead"];
+    let opts = RunOptions {
+        trusted: names.iter().map(|n| format!("{n}.example.com")).collect(),
+        ..RunOptions::default()
+    };
+    let p = policy(&["*.example.com"], &[]);
+    let resolver = bottle::egress::proxy::Resolver::Delayed(Duration::from_millis(300), map);
+    let proxy = start_with(&p, &opts, resolver, |s| {
+        s.idle_timeout = Duration::from_millis(1500);
+        s.hello_timeout = Duration::from_millis(300);
+    })
+    .await;
+    World {
+        proxy,
+        roots: pki.roots,
+    }
+}
+
+/// The next decision line is about `host`, and it is the only one: a
+/// sentinel request sent afterwards is the next line.
+async fn one_line(w: &mut World, host: &str) -> serde_json::Value {
+    let d = w.proxy.decision().await;
+    assert_eq!(d["host"], host, "{d}");
+    let (code, _) = connect(w.proxy.addr, "sentinel.invalid:443").await;
+    assert_eq!(code, 403);
+    let next = w.proxy.decision().await;
+    assert_eq!(
+        next["host"], "sentinel.invalid",
+        "a second line for {host}: {next}"
+    );
+    d
+}
+
+fn reason(d: &serde_json::Value) -> &str {
+    d["reason"].as_str().unwrap()
+}
+
+#[tokio::test]
+async fn requests_aborted_after_sending_get_one_decision_line() {
+    let mut w = slow_world().await;
+    let http = b"GET http://slow.example.com/ HTTP/1.1\r\nHost: slow.example.com\r\n\r\n";
+    let tunnel = b"CONNECT tls.example.com:443 HTTP/1.1\r\nHost: tls.example.com:443\r\n\r\n";
+    // `printf … | nc -w1`: the request, then the client closes while the
+    // proxy is still resolving the name.
+    for (req, host, port) in [
+        (&http[..], "slow.example.com", 80),
+        (&tunnel[..], "tls.example.com", 443),
+    ] {
+        let mut s = TcpStream::connect(w.proxy.addr).await.unwrap();
+        s.write_all(req).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(s);
+        let d = one_line(&mut w, host).await;
+        assert_eq!(d["port"], port, "{d}");
+        assert_eq!(d["verdict"], "deny", "{d}");
+        assert!(reason(&d).contains("client went away"), "{d}");
+        assert!(reason(&d).contains("nothing forwarded"), "{d}");
+    }
+    // Half-closed (write side shut, as `nc -N` does): still exactly one line.
+    for (req, host) in [
+        (&http[..], "slow.example.com"),
+        (&tunnel[..], "tls.example.com"),
+    ] {
+        let mut s = TcpStream::connect(w.proxy.addr).await.unwrap();
+        s.write_all(req).await.unwrap();
+        s.shutdown().await.unwrap();
+        let d = one_line(&mut w, host).await;
+        assert!(!reason(&d).is_empty(), "{d}");
+    }
+    // The client leaves while the upstream has not answered yet.
+    let mut s = TcpStream::connect(w.proxy.addr).await.unwrap();
+    s.write_all(b"GET http://mute.example.com/ HTTP/1.1\r\nHost: mute.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    drop(s);
+    let d = one_line(&mut w, "mute.example.com").await;
+    assert!(reason(&d).contains("client went away"), "{d}");
+    // The tunnel is answered 200 and the client leaves before its hello.
+    let (code, s) = connect(w.proxy.addr, "tls.example.com:443").await;
+    assert_eq!(code, 200);
+    drop(s);
+    let d = one_line(&mut w, "tls.example.com").await;
+    assert_eq!(d["verdict"], "deny", "{d}");
+    assert!(reason(&d).contains("ClientHello"), "{d}");
+}
+
+#[tokio::test]
+async fn failed_and_timed_out_requests_get_one_decision_line() {
+    let mut w = slow_world().await;
+    for (target, code, why) in [
+        ("gone.example.com:443", 502, "resolution failed"),
+        ("dead.example.com:443", 502, "upstream connect failed"),
+    ] {
+        let (got, _) = connect(w.proxy.addr, target).await;
+        assert_eq!(got, code, "{target}");
+        let host = target.split(':').next().unwrap();
+        let d = one_line(&mut w, host).await;
+        assert!(reason(&d).contains(why), "{d}");
+    }
+    for (host, code, why) in [
+        ("gone.example.com", 502, "resolution failed"),
+        ("dead.example.com", 502, "upstream connect failed"),
+        ("mute.example.com", 504, "did not answer"),
+    ] {
+        let mut s = TcpStream::connect(w.proxy.addr).await.unwrap();
+        s.write_all(format!("GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(read_head(&mut s).await.0, code, "{host}");
+        let d = one_line(&mut w, host).await;
+        assert!(reason(&d).contains(why), "{d}");
+    }
+    // What a wildcard entry lets an agent make the sidecar look up is a
+    // hostname: a label over 63 bytes or a name over 253 is refused unresolved.
+    let long_label = format!("{}.example.com:443", "a".repeat(64));
+    let long_name = format!("{}.example.com:443", vec!["a".repeat(63); 4].join("."));
+    for target in [&long_label, &long_name] {
+        let (got, _) = connect(w.proxy.addr, target).await;
+        assert_eq!(got, 403, "{target}");
+        let d = one_line(&mut w, target).await;
+        assert!(reason(&d).contains("invalid host"), "{d}");
+    }
+    // A tunnel whose client never sends its ClientHello.
+    let (code, _s) = connect(w.proxy.addr, "tls.example.com:443").await;
+    assert_eq!(code, 200);
+    let d = one_line(&mut w, "tls.example.com").await;
+    assert!(reason(&d).contains("no ClientHello in time"), "{d}");
+    // And a whole TLS exchange through the slow world still works.
+    let (code, stream) = connect(w.proxy.addr, "tls.example.com:443").await;
+    assert_eq!(code, 200);
+    let name = rustls::pki_types::ServerName::try_from("tls.example.com").unwrap();
+    let mut s = tls_client(w.roots.clone(), true)
+        .connect(name, stream)
+        .await
+        .unwrap();
+    s.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).await.unwrap();
+    drop(s);
+    let d = one_line(&mut w, "tls.example.com").await;
+    assert_eq!(d["verdict"], "allow", "{d}");
+}

@@ -2,6 +2,7 @@
 //! builtin egress sidecar. Reads the per-run config (pipelock's format, JSON
 //! form), refuses to start on any section it does not implement (exit 2),
 //! then serves until SIGTERM. Decision lines go to stdout, one JSON per line.
+//! A config over 1 MiB is refused (exit 2) without reading the rest.
 
 use std::path::PathBuf;
 
@@ -11,7 +12,7 @@ use crate::egress::{self, proxy};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The per-run egress config (pipelock format, as `bottle` generates it);
-    /// `-` reads it from stdin until EOF, as pipelock does
+    /// `-` reads it from stdin until EOF, as pipelock does; at most 1 MiB
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
     /// Address to listen on
@@ -23,20 +24,9 @@ pub struct Args {
 }
 
 pub async fn exec(args: Args) -> CliResult {
-    let config = if args.config.as_os_str() == "-" {
-        // Stdin lets the runner hand the config over through the engine API
-        // to a container whose root filesystem is read-only.
-        let mut text = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut tokio::io::stdin(), &mut text)
-            .await
-            .map_err(|source| egress::EgressError::Read {
-                path: "<stdin>".into(),
-                source,
-            })?;
-        egress::config::parse(&text, "<stdin>")?
-    } else {
-        egress::config::read_config(&args.config)?
-    };
+    // Stdin (`-`) lets the runner hand the config over through the engine
+    // API to a container whose root filesystem is read-only.
+    let config = proxy::input::read_config(&args.config).await?;
     let settings = proxy::Settings::from_config(&config, &args.ssh_hosts)?;
     let p = proxy::Proxy::new(settings, proxy::Resolver::System, proxy::LogSink::Stdout);
     proxy::run(p, &args.listen).await?;

@@ -18,9 +18,22 @@
 //!   a name under the reserved `.invalid` TLD that can never resolve.
 //! - pipelock's `*.example.com` also matches `example.com`; ours does not
 //!   (see `host::Pattern`). To make pipelock exactly as narrow as the policy,
-//!   the apex of every wildcard whose apex is not itself allowed goes into
-//!   pipelock's blocklist (`fetch_proxy.monitoring.blocklist`, where a plain
-//!   entry matches only itself).
+//!   the apex of a wildcard goes into pipelock's blocklist
+//!   (`fetch_proxy.monitoring.blocklist`, where a plain entry matches only
+//!   itself) when no allowed pattern matches that apex, and only then: with
+//!   `*.example.com` and `*.a.example.com`, `a.example.com` stays allowed.
+//! - `fetch_proxy.monitoring.max_requests_per_minute` is always written:
+//!   pipelock limits each registrable domain to 60 requests a minute when
+//!   the key is absent (0 or less also means 60), which an agent on a busy
+//!   API exceeds.
+//! - `fetch_proxy.monitoring.subdomain_entropy_exclusions` lists every
+//!   allowed pattern, so pipelock's random-looking-label check never refuses
+//!   a name the policy allows (CDN and bucket names); the builtin proxy has
+//!   no such check. The allowlist is the egress boundary in both sidecars.
+//! - Every value passes pipelock's own start-up validation
+//!   ([`pipelock_pattern_problem`]): a wildcard over a single label (`*.lan`)
+//!   is refused here, since pipelock exits on it in `trusted_domains` and
+//!   `subdomain_entropy_exclusions`.
 //! - Hostnames only: nothing in the file is secret.
 
 use std::collections::BTreeSet;
@@ -54,16 +67,21 @@ pub const PIPELOCK_SECTIONS: &[&str] = &[
     "response_scanning",
     "mcp_input_scanning",
     "mcp_tool_scanning",
+    "mcp_data_class_labels",
     "mcp_tool_policy",
+    "defer",
     "git_protection",
     "logging",
     "session_profiling",
     "adaptive_enforcement",
     "mcp_session_binding",
     "request_body_scanning",
+    "request_policy",
     "kill_switch",
+    "health_watchdog",
     "sentry",
     "metrics_listen",
+    "containment",
     "emit",
     "tool_chain_detection",
     "mcp_ws_listener",
@@ -77,19 +95,36 @@ pub const PIPELOCK_SECTIONS: &[&str] = &[
     "file_sentry",
     "sandbox",
     "flight_recorder",
+    "evidence_provenance",
+    "dashboard_snapshot",
     "mcp_binary_integrity",
     "mcp_tool_provenance",
     "behavioral_baseline",
     "airlock",
     "browser_shield",
+    "media_policy",
     "a2a_scanning",
+    "taint",
+    "mediation_envelope",
+    "redaction",
+    "learn",
+    "guard",
+    "learn_lock",
+    "conductor",
     "agents",
+    "default_agent_identity",
+    "bind_default_agent_identity",
     "license_key",
     "license_file",
+    "license_crl_file",
+    "license_intermediate_file",
+    "license_require_intermediate",
+    "license_crl_max_age",
     "license_public_key",
     "internal",
     "trusted_domains",
     "ssrf",
+    "dns",
 ];
 
 /// The subset of pipelock's config that bottle writes and `bottle proxy` reads.
@@ -125,8 +160,9 @@ fn default_true() -> bool {
     true
 }
 
-/// Pipelock's fetch-proxy section: bottle uses only its blocklist, which
-/// pipelock applies to every request path.
+/// Pipelock's fetch-proxy section: bottle uses only its `monitoring`
+/// settings, which pipelock applies to every request path (forward proxy
+/// included).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FetchProxy {
@@ -136,8 +172,26 @@ pub struct FetchProxy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Monitoring {
+    /// Names refused outright (pipelock's matching: a plain entry matches
+    /// only itself).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocklist: Vec<String>,
+    /// pipelock's per-registrable-domain limit (sliding minute; 0 or less
+    /// means 60 to pipelock). Signed because pipelock's field is: a negative
+    /// value must reach [`validate`] to be refused by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_minute: Option<i64>,
+    /// Patterns exempt from pipelock's high-entropy-subdomain check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subdomain_entropy_exclusions: Vec<String>,
 }
+
+/// The per-registrable-domain request limit bottle writes for pipelock:
+/// about 170 new tunnels or plain-HTTP requests a second to one domain,
+/// far above what an agent opens (clients keep connections alive) yet
+/// still a bound. pipelock keeps one timestamp per request in the window,
+/// so this also bounds its memory at a few hundred KiB per domain.
+pub const MAX_REQUESTS_PER_MINUTE: i64 = 10_000;
 
 /// Per-run settings that are not part of the image's policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +202,8 @@ pub struct RunOptions {
     pub idle_timeout_seconds: u64,
     /// Hostname patterns exempt from the internal-address check.
     pub trusted: Vec<String>,
+    /// pipelock's per-registrable-domain request limit (per minute).
+    pub max_requests_per_minute: i64,
 }
 
 impl Default for RunOptions {
@@ -158,6 +214,7 @@ impl Default for RunOptions {
             max_tunnel_seconds: 3600,
             idle_timeout_seconds: 300,
             trusted: Vec::new(),
+            max_requests_per_minute: MAX_REQUESTS_PER_MINUTE,
         }
     }
 }
@@ -169,30 +226,38 @@ impl EgressConfig {
         for h in policy.egress.allow.iter().chain(policy.egress.ssh.iter()) {
             let p = Pattern::parse(h)
                 .map_err(|e| EgressError::Policy(format!("egress host `{h}` {e}")))?;
+            if let Some(problem) = pipelock_pattern_problem(&p) {
+                return Err(EgressError::Policy(format!("egress host `{h}` {problem}")));
+            }
             patterns.insert(p);
         }
         let mut allow = host::canonical_list(&patterns);
-        let blocklist: Vec<String> = patterns
-            .iter()
-            .filter_map(|p| match p {
-                Pattern::Subdomains(apex) if !patterns.contains(&Pattern::Exact(apex.clone())) => {
-                    Some(apex.clone())
-                }
-                _ => None,
-            })
-            .collect();
+        let blocklist = apex_blocklist(&patterns);
         if allow.is_empty() {
             allow.push(DENY_ALL_SENTINEL.to_string());
         }
+        // Every allowlist entry is exempt from the entropy check: the
+        // allowlist is the boundary, and pipelock checks entropy only on names
+        // that already passed it.
+        let subdomain_entropy_exclusions = allow.clone();
         let mut trusted = BTreeSet::new();
         for t in &opts.trusted {
             let p = Pattern::parse(t)
                 .map_err(|e| EgressError::Policy(format!("trusted host `{t}` {e}")))?;
+            if let Some(problem) = pipelock_pattern_problem(&p) {
+                return Err(EgressError::Policy(format!("trusted host `{t}` {problem}")));
+            }
             trusted.insert(p);
         }
         if opts.max_tunnel_seconds == 0 || opts.idle_timeout_seconds == 0 {
             return Err(EgressError::Policy(
                 "tunnel lifetime and idle timeout must be positive".into(),
+            ));
+        }
+        if opts.max_requests_per_minute <= 0 {
+            // pipelock would silently read it as 60.
+            return Err(EgressError::Policy(
+                "max_requests_per_minute must be positive".into(),
             ));
         }
         Ok(EgressConfig {
@@ -207,8 +272,12 @@ impl EgressConfig {
                 sni_verification: true,
                 redirect_websocket_hosts: Vec::new(),
             },
-            fetch_proxy: (!blocklist.is_empty()).then_some(FetchProxy {
-                monitoring: Monitoring { blocklist },
+            fetch_proxy: Some(FetchProxy {
+                monitoring: Monitoring {
+                    blocklist,
+                    max_requests_per_minute: Some(opts.max_requests_per_minute),
+                    subdomain_entropy_exclusions,
+                },
             }),
         })
     }
@@ -218,6 +287,40 @@ impl EgressConfig {
         let mut s = serde_json::to_string_pretty(self).expect("config serializes");
         s.push('\n');
         s
+    }
+}
+
+/// The apexes pipelock must refuse: pipelock's `*.x` also matches `x`,
+/// bottle's does not. An apex goes on the list only when no allowed pattern
+/// (in bottle's matching) covers it, so a nested wildcard (`*.a.x` beside
+/// `*.x`) never blocks a name the policy allows.
+fn apex_blocklist(patterns: &BTreeSet<Pattern>) -> Vec<String> {
+    let mut out: Vec<String> = patterns
+        .iter()
+        .filter_map(|p| match p {
+            Pattern::Subdomains(apex) if !patterns.iter().any(|q| q.matches(apex)) => {
+                Some(apex.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Why pipelock would refuse to start with this pattern in a list it
+/// validates (`trusted_domains`, `subdomain_entropy_exclusions`): its rule
+/// is that a wildcard must cover a concrete domain, i.e. at least two labels
+/// after `*.` (`*.lan` and `*.com` are refused). Every other form bottle
+/// accepts (lowercase LDH labels, no port, no URL) already passes.
+pub fn pipelock_pattern_problem(p: &Pattern) -> Option<&'static str> {
+    match p {
+        Pattern::Subdomains(suffix) if !suffix.contains('.') => Some(
+            "is a wildcard over a single label; pipelock (the default sidecar) refuses to start \
+with one, so list the hosts themselves (`a.lan`) or use a suffix of two labels or more (`*.corp.lan`)",
+        ),
+        _ => None,
     }
 }
 
@@ -369,10 +472,47 @@ fn validate(c: &EgressConfig) -> Result<(), String> {
             Pattern::parse(h).map_err(|e| format!("{field} entry `{h}` {e}"))?;
         }
     }
+    for h in &c.trusted_domains {
+        if let Some(problem) = Pattern::parse(h)
+            .ok()
+            .as_ref()
+            .and_then(pipelock_pattern_problem)
+        {
+            return Err(format!("trusted_domains entry `{h}` {problem}"));
+        }
+    }
     if let Some(fp) = &c.fetch_proxy {
-        for h in &fp.monitoring.blocklist {
-            Pattern::parse(h)
-                .map_err(|e| format!("fetch_proxy.monitoring.blocklist entry `{h}` {e}"))?;
+        validate_monitoring(&fp.monitoring)?;
+    }
+    Ok(())
+}
+
+/// `fetch_proxy.monitoring`, as the builtin proxy reads it. The builtin has
+/// no rate limiter and no entropy check: it accepts a rate limit only when
+/// it is one no agent reaches (so it is never weaker than the config asks),
+/// and exclusions because they only ever relax pipelock's entropy check.
+fn validate_monitoring(m: &Monitoring) -> Result<(), String> {
+    for h in &m.blocklist {
+        Pattern::parse(h)
+            .map_err(|e| format!("fetch_proxy.monitoring.blocklist entry `{h}` {e}"))?;
+    }
+    for h in &m.subdomain_entropy_exclusions {
+        let p = Pattern::parse(h).map_err(|e| {
+            format!("fetch_proxy.monitoring.subdomain_entropy_exclusions entry `{h}` {e}")
+        })?;
+        if let Some(problem) = pipelock_pattern_problem(&p) {
+            return Err(format!(
+                "fetch_proxy.monitoring.subdomain_entropy_exclusions entry `{h}` {problem}"
+            ));
+        }
+    }
+    if let Some(n) = m.max_requests_per_minute {
+        if n < MAX_REQUESTS_PER_MINUTE {
+            return Err(format!(
+                "fetch_proxy.monitoring.max_requests_per_minute is {n}: `bottle proxy` does not \
+rate-limit, so it accepts only limits no agent reaches (at least {MAX_REQUESTS_PER_MINUTE}, what \
+`bottle` writes; pipelock reads 0 or less as 60); use the pipelock sidecar for a lower limit"
+            ));
         }
     }
     Ok(())
@@ -419,11 +559,84 @@ mod tests {
         assert_eq!(parse(&text, "t").unwrap(), c);
     }
 
+    fn blocklist(c: &EgressConfig) -> &[String] {
+        &c.fetch_proxy.as_ref().unwrap().monitoring.blocklist
+    }
+
     #[test]
     fn wildcard_apex_not_blocked_when_apex_allowed() {
         let p = policy(&["*.example.com", "example.com"], &[]);
         let c = EgressConfig::from_policy(&p, &RunOptions::default()).unwrap();
-        assert!(c.fetch_proxy.is_none());
+        assert!(blocklist(&c).is_empty());
+        assert!(!c.to_file_text().contains("blocklist"));
+    }
+
+    #[test]
+    fn nested_wildcard_apex_is_not_blocked() {
+        // `a.example.com` is allowed by `*.example.com`; only the outer apex
+        // (which no pattern allows) goes on pipelock's blocklist.
+        let p = policy(&["*.a.example.com", "*.example.com"], &[]);
+        let c = EgressConfig::from_policy(&p, &RunOptions::default()).unwrap();
+        assert_eq!(blocklist(&c), ["example.com"]);
+    }
+
+    #[test]
+    fn rate_limit_and_entropy_exclusions_are_written() {
+        let p = policy(&["*.example.com", "api.test"], &["git.test"]);
+        let c = EgressConfig::from_policy(&p, &RunOptions::default()).unwrap();
+        let m = &c.fetch_proxy.as_ref().unwrap().monitoring;
+        assert_eq!(m.max_requests_per_minute, Some(MAX_REQUESTS_PER_MINUTE));
+        assert_eq!(
+            m.subdomain_entropy_exclusions,
+            ["*.example.com", "api.test", "git.test"]
+        );
+        let zero = RunOptions {
+            max_requests_per_minute: 0,
+            ..RunOptions::default()
+        };
+        assert!(EgressConfig::from_policy(&p, &zero).is_err());
+    }
+
+    #[test]
+    fn single_label_wildcards_are_refused() {
+        let trusted = RunOptions {
+            trusted: vec!["*.lan".into()],
+            ..RunOptions::default()
+        };
+        let err = EgressConfig::from_policy(&policy(&["a.test"], &[]), &trusted).unwrap_err();
+        assert!(err.to_string().contains("single label"), "{err}");
+        let err = EgressConfig::from_policy(&policy(&["*.lan"], &[]), &RunOptions::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("`*.lan`"), "{err}");
+        assert!(matches!(err, EgressError::Policy(_)));
+        assert!(
+            EgressConfig::from_policy(&policy(&["*.corp.lan"], &[]), &RunOptions::default())
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn builtin_accepts_only_a_rate_limit_no_agent_reaches() {
+        let base = EgressConfig::from_policy(&policy(&["a.test"], &[]), &RunOptions::default())
+            .unwrap()
+            .to_file_text();
+        let with_rate = |n: i64| {
+            let mut v: Value = serde_json::from_str(&base).unwrap();
+            v["fetch_proxy"]["monitoring"]["max_requests_per_minute"] = n.into();
+            parse(&v.to_string(), "t")
+        };
+        assert!(with_rate(MAX_REQUESTS_PER_MINUTE).is_ok());
+        for low in [0, -1, 60, MAX_REQUESTS_PER_MINUTE - 1] {
+            let err = with_rate(low).unwrap_err().to_string();
+            assert!(err.contains("does not rate-limit"), "{low}: {err}");
+        }
+        let mut v: Value = serde_json::from_str(&base).unwrap();
+        v["fetch_proxy"]["monitoring"]["subdomain_entropy_exclusions"] =
+            serde_json::json!(["*.lan"]);
+        assert!(parse(&v.to_string(), "t").is_err());
+        v["trusted_domains"] = serde_json::json!(["*.lan"]);
+        v["fetch_proxy"]["monitoring"]["subdomain_entropy_exclusions"] = serde_json::json!([]);
+        assert!(parse(&v.to_string(), "t").is_err());
     }
 
     #[test]

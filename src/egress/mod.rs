@@ -21,14 +21,17 @@ use crate::error::{Classify, ExitKind};
 /// Upstream pipelock image repository (the `pipelock` sidecar kind).
 pub const PIPELOCK_IMAGE: &str = "ghcr.io/luckypipewrench/pipelock";
 
-/// The pipelock release `lock` pins by default (tag on [`PIPELOCK_IMAGE`];
-/// the lockfile records the digest it resolves to).
+/// The pipelock release `lock` pins: `lock` resolves
+/// [`PIPELOCK_IMAGE`]`:`[`PIPELOCK_TAG`] on the registry and records the
+/// digest it gets. `tests/data/pipelock-keys.txt` (the schema the generated
+/// config is held to) names this tag; change both together.
 pub const PIPELOCK_TAG: &str = "3.6.0";
 
-/// Digest of [`PIPELOCK_IMAGE`]`:`[`PIPELOCK_TAG`] as pinned by a public
-/// deployment that runs it (no registry is reachable from this project's
-/// machines, so it could not be re-resolved here). `lock` records it when it
-/// cannot ask the registry; a machine that can should re-resolve the tag.
+/// Digest of [`PIPELOCK_IMAGE`]`:`[`PIPELOCK_TAG`] as a public deployment
+/// pins it (`ghcr.io/luckypipewrench/pipelock:3.6.0@sha256:66d65e…` in its
+/// start script); no registry is reachable from this project's machines, so
+/// it was not re-resolved here. `lock` does not use it: it asks the registry
+/// (see docs/DESIGN-NOTES.md, "Egress", for how to re-pin).
 pub const PIPELOCK_DIGEST: &str =
     "sha256:66d65eaca81ddae4d0872537bca276bd065baa8f2aebe2960de313cffc53fa47";
 

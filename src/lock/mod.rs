@@ -266,8 +266,12 @@ async fn resolve_pins(
                             what: format!("pinning the pipelock sidecar image `{PIPELOCK_IMAGE}`"),
                         });
                     }
-                    notes.push(format!("resolving sidecar image {PIPELOCK_IMAGE}"));
-                    let d = remote::resolve_digest(PIPELOCK_IMAGE, &platform, store).await?;
+                    // The release whose config schema bottle's generated
+                    // config is checked against (tests/data/pipelock-keys.txt),
+                    // not whatever `latest` is today.
+                    let tagged = format!("{PIPELOCK_IMAGE}:{}", crate::egress::PIPELOCK_TAG);
+                    notes.push(format!("resolving sidecar image {tagged}"));
+                    let d = remote::resolve_digest(&tagged, &platform, store).await?;
                     Some(format!("{PIPELOCK_IMAGE}@{d}"))
                 }
             }

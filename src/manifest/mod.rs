@@ -461,6 +461,14 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
                 "write a bare hostname (`example.com`) or `*.example.com` for its subdomains",
             )
         })?;
+        if let Some(problem) = crate::egress::config::pipelock_pattern_problem(&p) {
+            return Err(bad(
+                &format!("egress.allow[{i}]"),
+                Some(h),
+                format!("`{h}` {problem}"),
+                "list the hosts themselves, or a wildcard over two labels or more",
+            ));
+        }
         allow.insert(p.to_string());
     }
     let mut ssh = BTreeSet::new();
@@ -473,6 +481,14 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
                 "write a bare hostname such as `github.com`",
             )
         })?;
+        if let Some(problem) = crate::egress::config::pipelock_pattern_problem(&p) {
+            return Err(bad(
+                &format!("egress.ssh[{i}]"),
+                Some(h),
+                format!("`{h}` {problem}"),
+                "write a bare hostname such as `github.com`",
+            ));
+        }
         ssh.insert(p.to_string());
     }
     let egress = Egress {

@@ -104,6 +104,29 @@ fn errors_name_file_field_and_line() {
 }
 
 #[test]
+fn single_label_wildcards_are_refused_at_lock_time() {
+    // pipelock exits at start on `*.lan`; refuse it before an image exists.
+    let d = project();
+    write_manifest(
+        d.path(),
+        r#"{"schema": 1, "image": "base", "egress": {"allow": ["a.com", "*.lan"]}}"#,
+    );
+    let e = err(d.path());
+    assert_eq!(e.field, "egress.allow[1]");
+    assert!(e.problem.contains("single label"), "{}", e.problem);
+    write_manifest(
+        d.path(),
+        r#"{"schema": 1, "image": "base", "egress": {"ssh": ["*.lan"]}}"#,
+    );
+    assert_eq!(err(d.path()).field, "egress.ssh[0]");
+    write_manifest(
+        d.path(),
+        r#"{"schema": 1, "image": "base", "egress": {"allow": ["*.corp.lan", "lan"]}}"#,
+    );
+    assert!(load_agent(d.path(), "a").is_ok());
+}
+
+#[test]
 fn paths_may_not_escape() {
     let d = project();
     write_manifest(

@@ -420,7 +420,7 @@ pub async fn execute(prepared: Prepared, interactive: bool) -> Result<Outcome, R
         }
     });
     let mut guard = Teardown::new();
-    let blocked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let blocked: Arc<Mutex<sidecar::BlockedLog>> = Arc::default();
 
     let result = start_and_run(&prepared, &mut guard, interactive, blocked.clone(), rx).await;
     let mut phases = Phases::new();
@@ -432,11 +432,10 @@ pub async fn execute(prepared: Prepared, interactive: bool) -> Result<Outcome, R
         Err(RunError::Stopped { signal, code }) => (code, Some(signal)),
         Err(e) => return Err(e),
     };
-    let hosts = blocked.lock().map(|v| v.clone()).unwrap_or_default();
     Ok(Outcome {
         code,
         signal,
-        blocked: sidecar::blocked_summary(&hosts),
+        blocked: blocked.lock().ok().and_then(|b| b.summary()),
         teardown_errors,
     })
 }
@@ -459,7 +458,7 @@ async fn start_and_run(
     prepared: &Prepared,
     guard: &mut Teardown,
     interactive: bool,
-    blocked: Arc<Mutex<Vec<String>>>,
+    blocked: Arc<Mutex<sidecar::BlockedLog>>,
     mut stop: StopRx,
 ) -> Result<u8, RunError> {
     let Prepared {
@@ -615,7 +614,7 @@ async fn start_sidecar(
     docker: &Docker,
     plan: &RunPlan,
     builtin: bool,
-    blocked: Arc<Mutex<Vec<String>>>,
+    blocked: Arc<Mutex<sidecar::BlockedLog>>,
     stop: &StopRx,
 ) -> Result<(), RunError> {
     let name = &plan.sidecar.name;
@@ -641,10 +640,8 @@ async fn start_sidecar(
                 if sidecar::is_ready_line(&line) {
                     let _ = ready_tx.send(true);
                 }
-                if let Some(h) = sidecar::blocked_host(&line) {
-                    if let Ok(mut b) = blocked.lock() {
-                        b.push(h);
-                    }
+                if let Ok(mut b) = blocked.lock() {
+                    b.observe(&line);
                 }
                 if let Ok(mut t) = tail_w.lock() {
                     t.push(line);

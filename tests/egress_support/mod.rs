@@ -16,6 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+pub mod pipelock;
+
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -128,6 +130,27 @@ pub async fn http_upstream() -> SocketAddr {
     addr
 }
 
+/// An upstream that accepts connections and reads, but never answers.
+pub async fn mute_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut sink = tokio::io::sink();
+                let _ = tokio::io::copy(&mut s, &mut sink).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
 pub fn policy(allow: &[&str], ssh: &[&str]) -> Policy {
     Policy {
         schema: 1,
@@ -174,13 +197,23 @@ pub async fn start(
     resolve: HashMap<String, Vec<SocketAddr>>,
     tweak: impl FnOnce(&mut Settings),
 ) -> Running {
+    start_with(policy, opts, Resolver::Static(resolve), tweak).await
+}
+
+/// As [`start`], with any resolver.
+pub async fn start_with(
+    policy: &Policy,
+    opts: &RunOptions,
+    resolver: Resolver,
+    tweak: impl FnOnce(&mut Settings),
+) -> Running {
     let config = EgressConfig::from_policy(policy, opts).unwrap();
     // Through the file format and back, as the sidecar reads it.
     let config = bottle::egress::config::parse(&config.to_file_text(), "test").unwrap();
     let mut settings = Settings::from_config(&config, &policy.egress.ssh).unwrap();
     tweak(&mut settings);
     let (tx, logs) = tokio::sync::mpsc::unbounded_channel();
-    let proxy = Proxy::new(settings, Resolver::Static(resolve), LogSink::Channel(tx));
+    let proxy = Proxy::new(settings, resolver, LogSink::Channel(tx));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

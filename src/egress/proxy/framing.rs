@@ -1,6 +1,8 @@
 //! A watch on the raw bytes of a client connection for ambiguous request
 //! framing (request smuggling): a head with both Content-Length and
-//! Transfer-Encoding, or more than one Content-Length.
+//! Transfer-Encoding, more than one Content-Length, or a Transfer-Encoding
+//! that is anything but exactly one `chunked` coding (`chunked\t`,
+//! `chunked, chunked`, `gzip, chunked`, two header lines).
 //!
 //! hyper resolves such heads itself (Transfer-Encoding wins, equal duplicate
 //! lengths collapse) and hands the service a clean header map, so the
@@ -13,13 +15,59 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Longest head line or chunk-size line we keep; hyper refuses longer heads.
 const MAX_LINE: usize = 64 * 1024;
+
+/// Why a head's framing is refused; stored in the shared flag as its code
+/// (0 = nothing seen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ambiguity {
+    ContentLength = 1,
+    BothLengths = 2,
+    TransferEncoding = 3,
+}
+
+impl Ambiguity {
+    /// The refusal reason, as logged and answered.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Ambiguity::ContentLength => "ambiguous framing: duplicate or invalid Content-Length",
+            Ambiguity::BothLengths => {
+                "ambiguous framing: both Content-Length and Transfer-Encoding"
+            }
+            Ambiguity::TransferEncoding => {
+                "ambiguous framing: Transfer-Encoding must be exactly one `chunked`"
+            }
+        }
+    }
+
+    /// What the scanner raised on this connection, if anything.
+    pub fn raised(flag: &AtomicU8) -> Option<Ambiguity> {
+        match flag.load(Ordering::SeqCst) {
+            1 => Some(Ambiguity::ContentLength),
+            2 => Some(Ambiguity::BothLengths),
+            3 => Some(Ambiguity::TransferEncoding),
+            _ => None,
+        }
+    }
+}
+
+/// Is this raw Transfer-Encoding value exactly one `chunked` coding? Only
+/// leading whitespace (the optional space after the colon) is allowed: a
+/// trailing tab or space, a list, or a parameter is refused, since
+/// upstreams disagree on what they mean.
+pub fn exactly_chunked(raw: &[u8]) -> bool {
+    let start = raw
+        .iter()
+        .position(|&c| c != b' ' && c != b'\t')
+        .unwrap_or(raw.len());
+    raw[start..].eq_ignore_ascii_case(b"chunked")
+}
 
 #[derive(Debug)]
 enum State {
@@ -39,14 +87,17 @@ struct HeadState {
     connect: bool,
     cl: Vec<u64>,
     cl_bad: bool,
-    te: bool,
-    chunked: bool,
+    /// Transfer-Encoding header lines seen.
+    te: u32,
+    /// Every Transfer-Encoding line was exactly `chunked`.
+    te_ok: bool,
 }
 
 impl HeadState {
     fn new() -> HeadState {
         HeadState {
             first: true,
+            te_ok: true,
             ..HeadState::default()
         }
     }
@@ -56,11 +107,11 @@ impl HeadState {
 #[derive(Debug)]
 pub struct Scanner {
     state: State,
-    flag: Arc<AtomicBool>,
+    flag: Arc<AtomicU8>,
 }
 
 impl Scanner {
-    pub fn new(flag: Arc<AtomicBool>) -> Scanner {
+    pub fn new(flag: Arc<AtomicU8>) -> Scanner {
         Scanner {
             state: State::Head(HeadState::new()),
             flag,
@@ -144,10 +195,11 @@ impl Scanner {
                     }
                     if !line.is_empty() {
                         if let Some(colon) = line.iter().position(|&c| c == b':') {
-                            let name = String::from_utf8_lossy(&line[..colon]).to_ascii_lowercase();
-                            let value = String::from_utf8_lossy(&line[colon + 1..])
+                            let name = String::from_utf8_lossy(&line[..colon])
                                 .trim()
-                                .to_string();
+                                .to_ascii_lowercase();
+                            let raw = &line[colon + 1..];
+                            let value = String::from_utf8_lossy(raw).trim().to_string();
                             match name.as_str() {
                                 "content-length" => {
                                     for part in value.split(',') {
@@ -158,11 +210,8 @@ impl Scanner {
                                     }
                                 }
                                 "transfer-encoding" => {
-                                    h.te = true;
-                                    h.chunked = value
-                                        .rsplit(',')
-                                        .next()
-                                        .is_some_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+                                    h.te += 1;
+                                    h.te_ok &= exactly_chunked(raw);
                                 }
                                 _ => {}
                             }
@@ -170,17 +219,22 @@ impl Scanner {
                         continue;
                     }
                     // End of head.
-                    if h.cl.len() > 1 || (h.te && !h.cl.is_empty()) || h.cl_bad {
-                        self.flag.store(true, Ordering::SeqCst);
+                    let refused = if h.cl.len() > 1 || h.cl_bad {
+                        Some(Ambiguity::ContentLength)
+                    } else if h.te > 0 && !h.cl.is_empty() {
+                        Some(Ambiguity::BothLengths)
+                    } else if h.te > 1 || !h.te_ok {
+                        Some(Ambiguity::TransferEncoding)
+                    } else {
+                        None
+                    };
+                    if let Some(why) = refused {
+                        self.flag.store(why as u8, Ordering::SeqCst);
                         self.state = State::Done;
                     } else if h.connect {
                         self.state = State::Done;
-                    } else if h.te {
-                        self.state = if h.chunked {
-                            State::ChunkSize(Vec::new())
-                        } else {
-                            State::Done
-                        };
+                    } else if h.te > 0 {
+                        self.state = State::ChunkSize(Vec::new());
                     } else {
                         match h.cl.first() {
                             Some(&n) if n > 0 => self.state = State::Body(n),
@@ -200,7 +254,7 @@ pub struct Watched<S> {
 }
 
 impl<S> Watched<S> {
-    pub fn new(inner: S, flag: Arc<AtomicBool>) -> Watched<S> {
+    pub fn new(inner: S, flag: Arc<AtomicU8>) -> Watched<S> {
         Watched {
             inner,
             scanner: Scanner::new(flag),
@@ -244,13 +298,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 mod tests {
     use super::*;
 
-    fn flagged(chunks: &[&[u8]]) -> bool {
-        let flag = Arc::new(AtomicBool::new(false));
+    fn raised(chunks: &[&[u8]]) -> Option<Ambiguity> {
+        let flag = Arc::new(AtomicU8::new(0));
         let mut s = Scanner::new(flag.clone());
         for c in chunks {
             s.feed(c);
         }
-        flag.load(Ordering::SeqCst)
+        Ambiguity::raised(&flag)
+    }
+
+    fn flagged(chunks: &[&[u8]]) -> bool {
+        raised(chunks).is_some()
     }
 
     #[test]
@@ -288,11 +346,71 @@ mod tests {
         ]));
     }
 
+    #[test]
+    fn transfer_encoding_must_be_exactly_one_chunked() {
+        let head = |te: &str| {
+            format!("POST http://a/ HTTP/1.1\r\nHost: a\r\n{te}\r\n\r\n0\r\n\r\n").into_bytes()
+        };
+        for te in [
+            "Transfer-Encoding: chunked\t",
+            "Transfer-Encoding: chunked ",
+            "Transfer-Encoding: chunked, chunked",
+            "Transfer-Encoding: gzip, chunked",
+            "Transfer-Encoding: chunked;x=1",
+            "Transfer-Encoding: identity",
+            "Transfer-Encoding:",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+            "transfer-encoding: chunked\r\nX: y\r\nTRANSFER-ENCODING: gzip",
+            "Transfer-Encoding : chunked, gzip",
+        ] {
+            assert_eq!(
+                raised(&[&head(te)]),
+                Some(Ambiguity::TransferEncoding),
+                "{te:?}"
+            );
+        }
+        for te in [
+            "Transfer-Encoding: chunked",
+            "Transfer-Encoding:chunked",
+            "transfer-encoding: \tCHUNKED",
+        ] {
+            assert_eq!(raised(&[&head(te)]), None, "{te:?}");
+        }
+        // On the second request of a keep-alive connection, byte by byte.
+        let mut two = b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+        two.extend_from_slice(&head("Transfer-Encoding: chunked, chunked"));
+        let bytes: Vec<&[u8]> = two.chunks(1).collect();
+        assert_eq!(raised(&bytes), Some(Ambiguity::TransferEncoding));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+        /// A Transfer-Encoding value made of codings, separators and
+        /// whitespace passes only when it is one `chunked` after leading
+        /// whitespace, however the bytes arrive.
+        #[test]
+        fn only_one_chunked_coding_passes(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec!["chunked", "Chunked", "gzip", ",", " ", "\t", ";q=1", "identity"]),
+                0..6,
+            ),
+            split in 1usize..40,
+        ) {
+            let value: String = parts.concat();
+            let req = format!(
+                "POST http://a/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:{value}\r\n\r\n0\r\n\r\n"
+            );
+            let chunks: Vec<&[u8]> = req.as_bytes().chunks(split).collect();
+            let want_ok = value.trim_start_matches([' ', '\t']).eq_ignore_ascii_case("chunked");
+            proptest::prop_assert_eq!(raised(&chunks).is_none(), want_ok, "{:?}", value);
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
         #[test]
         fn scanner_never_panics(b in proptest::collection::vec(proptest::num::u8::ANY, 0..400), split in 1usize..50) {
-            let flag = Arc::new(AtomicBool::new(false));
+            let flag = Arc::new(AtomicU8::new(0));
             let mut s = Scanner::new(flag);
             for c in b.chunks(split) {
                 s.feed(c);

@@ -21,7 +21,11 @@
 //! readiness line is written once listening. There is no admin, metrics or
 //! DNS endpoint: the listening socket speaks only the proxy protocol.
 
+mod connect;
+mod forward;
 mod framing;
+pub mod input;
+mod pending;
 mod relay;
 pub mod sni;
 pub mod target;
@@ -30,24 +34,23 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicU8;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::EgressError;
 use super::config::EgressConfig;
 use crate::host::Pattern;
-use target::{Refusal, forbidden_ip, parse_authority, pipelock_match};
+use target::{Refusal, forbidden_ip, pipelock_match};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -131,6 +134,9 @@ pub enum Resolver {
     /// "the port asked for"; any other port redirects there (a test upstream
     /// on an ephemeral port stands in for port 443).
     Static(HashMap<String, Vec<SocketAddr>>),
+    /// As `Static`, every lookup taking this long: stands in for a slow
+    /// authoritative server, so tests can cut a request mid-resolution.
+    Delayed(Duration, HashMap<String, Vec<SocketAddr>>),
 }
 
 impl Resolver {
@@ -140,19 +146,30 @@ impl Resolver {
                 .await
                 .map(|it| it.collect())
                 .map_err(|e| e.to_string()),
-            Resolver::Static(map) => map
-                .get(host)
-                .map(|addrs| {
-                    addrs
-                        .iter()
-                        .map(|a| match a.port() {
-                            0 => SocketAddr::new(a.ip(), port),
-                            _ => *a,
-                        })
-                        .collect()
-                })
-                .ok_or_else(|| "name does not resolve".to_string()),
+            Resolver::Static(map) => Self::table(map, host, port),
+            Resolver::Delayed(delay, map) => {
+                tokio::time::sleep(*delay).await;
+                Self::table(map, host, port)
+            }
         }
+    }
+
+    fn table(
+        map: &HashMap<String, Vec<SocketAddr>>,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, String> {
+        map.get(host)
+            .map(|addrs| {
+                addrs
+                    .iter()
+                    .map(|a| match a.port() {
+                        0 => SocketAddr::new(a.ip(), port),
+                        _ => *a,
+                    })
+                    .collect()
+            })
+            .ok_or_else(|| "name does not resolve".to_string())
     }
 }
 
@@ -262,7 +279,13 @@ impl Proxy {
     /// All addresses are vetted before any is tried, so a name that mixes a
     /// public and an internal answer is refused outright.
     async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, (StatusCode, Refusal)> {
-        let addrs = self.resolver.resolve(host, port).await.map_err(|e| {
+        // getaddrinfo has its own retries; this bounds the whole lookup.
+        let wait = self.settings.connect_timeout;
+        let addrs = match tokio::time::timeout(wait, self.resolver.resolve(host, port)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {} s", wait.as_secs_f32())),
+        }
+        .map_err(|e| {
             (
                 StatusCode::BAD_GATEWAY,
                 Refusal::new(format!("resolution failed: {e}")),
@@ -385,7 +408,7 @@ pub async fn serve(
 async fn serve_connection(proxy: Arc<Proxy>, stream: TcpStream) {
     let started = Instant::now();
     let p = proxy.clone();
-    let ambiguous = Arc::new(AtomicBool::new(false));
+    let ambiguous = Arc::new(AtomicU8::new(0));
     let flag = ambiguous.clone();
     let service = hyper::service::service_fn(move |req| {
         let p = p.clone();
@@ -420,406 +443,20 @@ async fn serve_connection(proxy: Arc<Proxy>, stream: TcpStream) {
     }
 }
 
-async fn handle(
-    proxy: Arc<Proxy>,
-    req: Request<Incoming>,
-    ambiguous: &AtomicBool,
-) -> Response<Body> {
-    if ambiguous.load(Ordering::SeqCst) {
+async fn handle(proxy: Arc<Proxy>, req: Request<Incoming>, ambiguous: &AtomicU8) -> Response<Body> {
+    if let Some(why) = framing::Ambiguity::raised(ambiguous) {
         // Whatever this request is, a head on this connection had ambiguous
         // framing: answer 400 and close before acting on anything.
-        let started = Instant::now();
-        let reason =
-            "ambiguous framing: duplicate Content-Length or Content-Length with Transfer-Encoding";
-        proxy.decide("deny", reason, "-", "", 0, 0, 0, started);
-        return text_response(
+        return pending::Pending::new(&proxy, "-", "").refuse(
             StatusCode::BAD_REQUEST,
-            &format!("bottle proxy: {reason}"),
+            why.reason().to_string(),
             true,
         );
     }
     if req.method() == Method::CONNECT {
-        handle_connect(proxy, req).await
+        connect::handle_connect(proxy, req).await
     } else {
-        handle_http(proxy, req).await
-    }
-}
-
-async fn handle_connect(proxy: Arc<Proxy>, mut req: Request<Incoming>) -> Response<Body> {
-    let started = Instant::now();
-    let raw = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .unwrap_or_default();
-    let deny = |status: StatusCode, host: &str, port: u16, reason: String| {
-        proxy.decide("deny", reason.clone(), "CONNECT", host, port, 0, 0, started);
-        text_response(status, &format!("bottle proxy: {reason}"), true)
-    };
-    if req.uri().scheme().is_some()
-        || req
-            .uri()
-            .path_and_query()
-            .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
-    {
-        return deny(
-            StatusCode::BAD_REQUEST,
-            &raw,
-            0,
-            "CONNECT target is not host:port".into(),
-        );
-    }
-    let (host, port) = match parse_authority(&raw, None) {
-        Ok(t) => t,
-        Err(r) => return deny(StatusCode::FORBIDDEN, &raw, 0, r.reason),
-    };
-    if let Err(r) = proxy.check_policy(&host, port, true) {
-        return deny(StatusCode::FORBIDDEN, &host, port, r.reason);
-    }
-    let permit = match proxy.tunnels.clone().try_acquire_owned() {
-        Ok(p) => p,
-        Err(_) => {
-            return deny(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &host,
-                port,
-                "too many tunnels".into(),
-            );
-        }
-    };
-    let upstream = match proxy.connect(&host, port).await {
-        Ok(s) => s,
-        Err((status, r)) => return deny(status, &host, port, r.reason),
-    };
-    let upgrade = hyper::upgrade::on(&mut req);
-    let p = proxy.clone();
-    tokio::spawn(async move {
-        let _permit = permit;
-        let client = match upgrade.await {
-            Ok(u) => TokioIo::new(u),
-            Err(e) => {
-                p.decide(
-                    "deny",
-                    format!("upgrade failed: {e}"),
-                    "CONNECT",
-                    &host,
-                    port,
-                    0,
-                    0,
-                    started,
-                );
-                return;
-            }
-        };
-        tunnel(p, client, upstream, host, port, started).await;
-    });
-    let mut resp = Response::new(
-        Full::new(Bytes::new())
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *resp.status_mut() = StatusCode::OK;
-    resp
-}
-
-async fn tunnel(
-    proxy: Arc<Proxy>,
-    mut client: TokioIo<hyper::upgrade::Upgraded>,
-    mut upstream: TcpStream,
-    host: String,
-    port: u16,
-    started: Instant,
-) {
-    let mut up_prefix = 0u64;
-    if port == 443 && proxy.settings.sni_verification {
-        let hello = tokio::time::timeout(
-            proxy.settings.hello_timeout,
-            sni::read_client_hello(&mut client),
-        )
-        .await;
-        let (raw, sni) = match hello {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                proxy.decide(
-                    "deny",
-                    format!("SNI check: {e}"),
-                    "CONNECT",
-                    &host,
-                    port,
-                    0,
-                    0,
-                    started,
-                );
-                return;
-            }
-            Err(_) => {
-                proxy.decide(
-                    "deny",
-                    "SNI check: no ClientHello in time",
-                    "CONNECT",
-                    &host,
-                    port,
-                    0,
-                    0,
-                    started,
-                );
-                return;
-            }
-        };
-        match sni.as_deref().map(crate::host::normalize) {
-            None => {
-                proxy.decide("deny", "SNI missing", "CONNECT", &host, port, 0, 0, started);
-                return;
-            }
-            Some(Ok(name)) if name == host => {}
-            Some(_) => {
-                let shown = sni.unwrap_or_default();
-                proxy.decide(
-                    "deny",
-                    format!("SNI mismatch: `{}`", shown.escape_debug()),
-                    "CONNECT",
-                    &host,
-                    port,
-                    0,
-                    0,
-                    started,
-                );
-                return;
-            }
-        }
-        if upstream.write_all(&raw).await.is_err() {
-            proxy.decide(
-                "deny",
-                "upstream closed",
-                "CONNECT",
-                &host,
-                port,
-                0,
-                0,
-                started,
-            );
-            return;
-        }
-        up_prefix = raw.len() as u64;
-    }
-    let outcome = relay::relay(
-        client,
-        upstream,
-        proxy.settings.max_tunnel,
-        proxy.settings.idle_timeout,
-    )
-    .await;
-    proxy.decide(
-        "allow",
-        format!("tunnel closed: {}", outcome.end),
-        "CONNECT",
-        &host,
-        port,
-        outcome.up + up_prefix,
-        outcome.down,
-        started,
-    );
-}
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the proxy ones: never forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .filter(|s| !s.is_empty())
-        .collect();
-    for h in HOP_BY_HOP {
-        headers.remove(*h);
-    }
-    for h in named {
-        headers.remove(h.as_str());
-    }
-}
-
-async fn handle_http(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
-    let started = Instant::now();
-    let method: &'static str = match *req.method() {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        _ => "OTHER",
-    };
-    let raw = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .unwrap_or_default();
-    let deny = |status: StatusCode, host: &str, port: u16, reason: String, close: bool| {
-        proxy.decide("deny", reason.clone(), method, host, port, 0, 0, started);
-        text_response(status, &format!("bottle proxy: {reason}"), close)
-    };
-    // Framing first: an ambiguous body length is a smuggling attempt whatever
-    // the target, and the connection cannot be trusted afterwards.
-    let cl = req.headers().get_all(header::CONTENT_LENGTH).iter().count();
-    let te = req
-        .headers()
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .count();
-    if cl > 1 {
-        return deny(
-            StatusCode::BAD_REQUEST,
-            &raw,
-            0,
-            "duplicate Content-Length".into(),
-            true,
-        );
-    }
-    if cl > 0 && te > 0 {
-        return deny(
-            StatusCode::BAD_REQUEST,
-            &raw,
-            0,
-            "both Content-Length and Transfer-Encoding".into(),
-            true,
-        );
-    }
-    if req.method() == Method::TRACE {
-        return deny(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &raw,
-            0,
-            "TRACE refused".into(),
-            false,
-        );
-    }
-    match req.uri().scheme_str() {
-        Some("http") => {}
-        Some(_) => {
-            return deny(
-                StatusCode::BAD_REQUEST,
-                &raw,
-                0,
-                "only http:// in absolute form; use CONNECT for https".into(),
-                false,
-            );
-        }
-        None => {
-            return deny(
-                StatusCode::BAD_REQUEST,
-                &raw,
-                0,
-                "not a proxy request (origin-form); this endpoint serves nothing itself".into(),
-                false,
-            );
-        }
-    }
-    let (host, port) = match parse_authority(&raw, Some(80)) {
-        Ok(t) => t,
-        Err(r) => return deny(StatusCode::FORBIDDEN, &raw, 0, r.reason, false),
-    };
-    let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
-    let host_ok = match hosts.as_slice() {
-        [one] => one
-            .to_str()
-            .ok()
-            .and_then(|v| parse_authority(v, Some(80)).ok())
-            .is_some_and(|(h, p)| h == host && p == port),
-        _ => false,
-    };
-    if !host_ok {
-        return deny(
-            StatusCode::BAD_REQUEST,
-            &host,
-            port,
-            "Host header does not match the request URI".into(),
-            true,
-        );
-    }
-    if let Err(r) = proxy.check_policy(&host, port, false) {
-        return deny(StatusCode::FORBIDDEN, &host, port, r.reason, false);
-    }
-    let stream = match proxy.connect(&host, port).await {
-        Ok(s) => s,
-        Err((status, r)) => return deny(status, &host, port, r.reason, false),
-    };
-    let (sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-        Ok(x) => x,
-        Err(e) => {
-            return deny(
-                StatusCode::BAD_GATEWAY,
-                &host,
-                port,
-                format!("upstream: {e}"),
-                false,
-            );
-        }
-    };
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut sender = sender;
-    let (mut parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    parts.uri = match path.parse() {
-        Ok(u) => u,
-        Err(_) => {
-            return deny(
-                StatusCode::BAD_REQUEST,
-                &host,
-                port,
-                "bad request path".into(),
-                false,
-            );
-        }
-    };
-    strip_hop_by_hop(&mut parts.headers);
-    let upstream_req = Request::from_parts(parts, body);
-    match sender.send_request(upstream_req).await {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            let down = parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            proxy.decide(
-                "allow",
-                format!("forwarded, upstream status {}", parts.status.as_u16()),
-                method,
-                &host,
-                port,
-                0,
-                down,
-                started,
-            );
-            Response::from_parts(parts, body.boxed())
-        }
-        Err(e) => deny(
-            StatusCode::BAD_GATEWAY,
-            &host,
-            port,
-            format!("upstream: {e}"),
-            false,
-        ),
+        forward::handle_http(proxy, req).await
     }
 }
 
