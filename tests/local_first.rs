@@ -315,18 +315,24 @@ fn slow_registry(manifest: Vec<u8>) -> String {
                 if path.contains("/manifests/") {
                     let _ = write!(
                         s,
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n",
+                        "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n",
                         manifest.len()
                     );
                     let _ = s.write_all(&manifest);
                 } else if path.contains("/blobs/") {
-                    let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n");
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 100000000\r\n\r\n"
+                    );
                     let deadline = Instant::now() + Duration::from_secs(60);
                     while Instant::now() < deadline && s.write_all(&[0u8; 1024]).is_ok() {
                         std::thread::sleep(Duration::from_millis(20));
                     }
                 } else {
-                    let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{{}}");
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{{}}"
+                    );
                 }
             });
         }
@@ -371,7 +377,11 @@ fn sigint_during_a_pull_stops_with_a_message_and_leaves_nothing() {
     while temps().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!temps().is_empty(), "the pull never started");
+    assert!(
+        !temps().is_empty(),
+        "the pull never started: {}",
+        std::fs::read_to_string(&errf).unwrap_or_default()
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
