@@ -7,6 +7,7 @@
 
 pub mod acquire;
 pub mod cli;
+pub mod debian;
 pub mod egress;
 pub mod engine;
 pub mod error;

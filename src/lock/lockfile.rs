@@ -38,6 +38,48 @@ pub struct Lockfile {
     pub env: Vec<String>,
     pub sidecar: LockedSidecar,
     pub image: LockedImage,
+    /// Debian packages of the base, when the recipe lists `packages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<LockedPackages>,
+}
+
+/// The pinned Debian userland of a base (see `crate::debian`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedPackages {
+    /// Debian architecture (`amd64`).
+    pub arch: String,
+    /// sha256 of the recipe's `packages` object and the architecture: the
+    /// pins are kept while it is unchanged (unless `--update`).
+    pub request: String,
+    /// Each suite that was resolved against, with its `InRelease` date.
+    pub suites: Vec<LockedSuite>,
+    /// Sorted by name.
+    pub packages: Vec<LockedPackage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedSuite {
+    pub suite: String,
+    pub codename: String,
+    pub date: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedPackage {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    /// Path in the archive (`pool/main/…/x.deb`); the archive URI comes
+    /// from the apt configuration, so a mirror serves the same lock.
+    pub path: String,
+    pub size: u64,
+    /// Lowercase hex.
+    pub sha256: String,
+    /// The suite whose index listed it.
+    pub suite: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +266,7 @@ mod tests {
                 config_digest: d('3'),
                 layers: vec![],
             },
+            packages: None,
         }
     }
 

@@ -79,6 +79,8 @@ pub enum LockError {
     Offline { what: String },
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Debian(#[from] crate::debian::DebError),
     #[error("{action} {}: {source}", .path.display())]
     Io {
         action: &'static str,
@@ -121,6 +123,7 @@ impl Classify for LockError {
             | LockError::Offline { .. }
             | LockError::Io { .. } => ExitKind::Environment,
             LockError::Registry(e) => e.exit_kind(),
+            LockError::Debian(e) => e.exit_kind(),
             LockError::Internal(_) => ExitKind::Failure,
         }
     }
@@ -166,6 +169,7 @@ struct Resolved {
     sidecar_image: Option<String>,
     inputs: Vec<LockedInput>,
     inputs_hash: String,
+    packages: Option<lockfile::LockedPackages>,
 }
 
 /// Turn `old` pins and the manifest into the full pin set (network where a
@@ -278,11 +282,21 @@ async fn resolve_pins(
         }
     };
 
+    // Debian packages (see `crate::debian`).
+    let packages = match &agent.recipe.packages {
+        Some(p) => {
+            let old = old.and_then(|o| o.packages.as_ref());
+            let pins = crate::debian::pin(p, &platform, old, update, &cache, ctx.offline, notes);
+            Some(pins.await?)
+        }
+        None => None,
+    };
+
     let pairs: Vec<(String, String)> = fetched
         .iter()
         .map(|p| (p.fetch.url.clone(), p.sha256.clone()))
         .collect();
-    let inputs = resolve::inputs(&agent, &pairs);
+    let inputs = resolve::with_packages(resolve::inputs(&agent, &pairs), packages.as_ref());
     let inputs_hash = resolve::inputs_hash(&base, sidecar_image.as_deref(), &inputs);
     Ok(Resolved {
         agent,
@@ -291,6 +305,7 @@ async fn resolve_pins(
         sidecar_image,
         inputs,
         inputs_hash,
+        packages,
     })
 }
 
@@ -325,7 +340,8 @@ pub async fn lock(ctx: &Context, agent_name: &str, update: bool) -> Result<LockO
     if let Some(d) = &r.base.digest {
         remote::ensure_base(&r.base.reference, d, &r.base.platform, &store, ctx.offline).await?;
     }
-    let spec = resolve::image_spec(&r.agent, &r.base, &r.fetched, &policy)?;
+    let debs = package_layers(ctx, &r.agent, r.packages.as_ref()).await?;
+    let spec = resolve::image_spec_with(&r.agent, &r.base, &r.fetched, debs, &policy)?;
     let built = oci::build(&spec, &store)?;
     let push = match publish_to(ctx) {
         Some(registry) => remote::push(registry, &repo, &built, &store).await?,
@@ -348,6 +364,7 @@ pub async fn lock(ctx: &Context, agent_name: &str, update: bool) -> Result<LockO
             image: r.sidecar_image,
         },
         image: locked_image(&repo, &built),
+        packages: r.packages,
     };
     let written = old.as_ref() != Some(&lock);
     if written {
@@ -459,6 +476,22 @@ async fn ensure_fetched(
             .await?;
     }
     Ok(())
+}
+
+/// Layers of the pinned Debian packages (fetched by pinned path when not
+/// cached); none when the recipe has no `packages`.
+async fn package_layers(
+    ctx: &Context,
+    agent: &Agent,
+    pins: Option<&lockfile::LockedPackages>,
+) -> Result<Vec<oci::spec::LayerSpec>, LockError> {
+    let (Some(p), Some(pins)) = (&agent.recipe.packages, pins) else {
+        return Ok(Vec::new());
+    };
+    let cache = FetchCache::open(&ctx.cache_root)?;
+    let by = lockfile::rel_path(&agent.name);
+    crate::debian::archive::ensure_debs(p, pins, &cache, ctx.offline, &by).await?;
+    resolve::package_layers(agent, pins, &cache)
 }
 
 fn locked_image(repo: &str, built: &oci::BuiltImage) -> LockedImage {
@@ -583,7 +616,22 @@ pub async fn rebuild_from_lock(
             lock.sidecar.image.clone()
         }
     };
-    let inputs = resolve::inputs(&agent, &pairs);
+    if let Some(p) = &agent.recipe.packages {
+        let stale = crate::debian::archive::arch_for(p, &base.platform)
+            .map(|a| crate::debian::archive::request_hash(p, &a))
+            .ok()
+            != lock.packages.as_ref().map(|l| l.request.clone());
+        if stale {
+            problems.push(
+                "packages: the recipe's `packages` changed since the lockfile pinned them".into(),
+            );
+        }
+    }
+    let packages = lock
+        .packages
+        .clone()
+        .filter(|_| agent.recipe.packages.is_some());
+    let inputs = resolve::with_packages(resolve::inputs(&agent, &pairs), packages.as_ref());
     let inputs_hash = resolve::inputs_hash(&base, sidecar_image.as_deref(), &inputs);
     if inputs_hash != lock.inputs_hash {
         let mut diffs = diff_inputs(&lock.inputs, &inputs);
@@ -637,7 +685,8 @@ pub async fn rebuild_from_lock(
     if let Some(d) = &base.digest {
         remote::ensure_base(&base.reference, d, &base.platform, &store, ctx.offline).await?;
     }
-    let spec = resolve::image_spec(&agent, &base, &fetched, &policy)?;
+    let debs = package_layers(ctx, &agent, packages.as_ref()).await?;
+    let spec = resolve::image_spec_with(&agent, &base, &fetched, debs, &policy)?;
     let built = oci::build(&spec, &store)?;
     report.rebuilt_digest = Some(built.manifest_digest.clone());
     let same = built.manifest_digest == lock.image.manifest_digest;

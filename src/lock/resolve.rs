@@ -107,6 +107,53 @@ pub fn inputs(agent: &Agent, fetched: &[(String, String)]) -> Vec<LockedInput> {
     out
 }
 
+/// `inputs` plus one `packages` input whose hash covers every Debian pin,
+/// so a changed pin makes the lockfile stale; sorted by name.
+pub fn with_packages(
+    mut inputs: Vec<LockedInput>,
+    packages: Option<&super::lockfile::LockedPackages>,
+) -> Vec<LockedInput> {
+    if let Some(p) = packages {
+        inputs.push(LockedInput {
+            name: "packages".into(),
+            source: None,
+            url: None,
+            hash: sha256_json(&serde_json::to_value(p).expect("serializes")),
+        });
+        inputs.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    inputs
+}
+
+/// Layers of pinned Debian packages, with the recipe's extra CA
+/// certificates (`files` under `/usr/local/share/ca-certificates/*.crt`)
+/// added to the bundle as `update-ca-certificates` would.
+pub fn package_layers(
+    agent: &Agent,
+    pins: &super::lockfile::LockedPackages,
+    cache: &super::fetch::FetchCache,
+) -> Result<Vec<LayerSpec>, LockError> {
+    const LOCAL_CA: &str = "usr/local/share/ca-certificates";
+    let mut local = Vec::new();
+    for (dest, input) in &agent.recipe.files {
+        for e in &input.tree.entries {
+            let path = if e.rel.is_empty() {
+                dest.clone()
+            } else {
+                format!("{dest}/{}", e.rel)
+            };
+            if let (true, TreeKind::File { path: src, .. }) = (
+                path.starts_with(LOCAL_CA) && path.ends_with(".crt"),
+                &e.kind,
+            ) {
+                let b = std::fs::read(src).map_err(|e| LockError::io("cannot read", src, e))?;
+                local.push((path, b));
+            }
+        }
+    }
+    Ok(crate::debian::layers(pins, cache, &local)?)
+}
+
 /// The hash that decides whether a lockfile is stale: over the builder
 /// format, the base pin (with platform), the sidecar pin and every input.
 pub fn inputs_hash(
@@ -209,6 +256,18 @@ pub fn image_spec(
     fetched: &[PinnedFetch],
     policy: &Policy,
 ) -> Result<ImageSpec, LockError> {
+    image_spec_with(agent, base, fetched, Vec::new(), policy)
+}
+
+/// [`image_spec`] with the layers of the base's Debian packages (see
+/// [`package_layers`]) placed first, before `tools`.
+pub fn image_spec_with(
+    agent: &Agent,
+    base: &LockedBase,
+    fetched: &[PinnedFetch],
+    package_layers: Vec<LayerSpec>,
+    policy: &Policy,
+) -> Result<ImageSpec, LockError> {
     let recipe = &agent.recipe;
     let spec_base = match (&recipe.from, &base.digest) {
         (From::Scratch, _) => Base::Scratch,
@@ -223,7 +282,7 @@ pub fn image_spec(
         }
     };
     let scratch = spec_base == Base::Scratch;
-    let mut layers = Vec::new();
+    let mut layers = package_layers;
 
     // tools: fetched inputs, recipe files, links.
     let mut tools: BTreeMap<String, Entry> = BTreeMap::new();

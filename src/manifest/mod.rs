@@ -130,6 +130,29 @@ struct RawRecipe {
     entrypoint: Option<Vec<String>>,
     #[serde(default)]
     cmd: Option<Vec<String>>,
+    #[serde(default)]
+    packages: Option<RawPackages>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPackages {
+    include: Vec<String>,
+    #[serde(default)]
+    arch: Option<String>,
+    #[serde(default)]
+    essential: bool,
+    #[serde(default)]
+    archive: Option<RawArchive>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArchive {
+    uri: String,
+    suites: Vec<String>,
+    components: Vec<String>,
+    signed_by: String,
 }
 
 #[derive(Deserialize)]
@@ -206,6 +229,33 @@ pub struct Recipe {
     pub workdir: Option<String>,
     pub entrypoint: Option<Vec<String>>,
     pub cmd: Option<Vec<String>>,
+    /// Debian packages that make the base's userland (`from` is `scratch`).
+    pub packages: Option<Packages>,
+}
+
+/// A recipe's `packages`: see `crate::debian`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packages {
+    /// `name` or `name=version`, as written.
+    pub include: Vec<String>,
+    /// Debian architecture; default from the platform.
+    pub arch: Option<String>,
+    /// Add every `Essential: yes` package too.
+    pub essential: bool,
+    /// The archive to use instead of the host's apt configuration.
+    pub archive: Option<Archive>,
+    /// Canonical JSON of the object, for the lock's request hash.
+    pub canonical: serde_json::Value,
+}
+
+/// An archive named in the recipe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archive {
+    pub uri: String,
+    pub suites: Vec<String>,
+    pub components: Vec<String>,
+    /// Keyring file (absolute path).
+    pub signed_by: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,6 +384,7 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
             workdir: None,
             entrypoint: None,
             cmd: None,
+            packages: None,
         }
     };
 
@@ -739,7 +790,12 @@ pub fn load_recipe(root: &Path, name: &str) -> Result<Recipe, ManifestError> {
             ));
         }
     }
+    let packages = match &raw.packages {
+        None => None,
+        Some(p) => Some(check_packages(p, &from, value, &bad)?),
+    };
     Ok(Recipe {
+        packages,
         name: name.to_string(),
         file: Some(file.clone()),
         canonical: json::canonical(value),
@@ -752,6 +808,93 @@ pub fn load_recipe(root: &Path, name: &str) -> Result<Recipe, ManifestError> {
         workdir: raw.workdir,
         entrypoint: raw.entrypoint,
         cmd: raw.cmd,
+    })
+}
+
+/// Validate a recipe's `packages` (names, architecture, archive).
+fn check_packages(
+    p: &RawPackages,
+    from: &From,
+    value: &serde_json::Value,
+    bad: &dyn Fn(&str, Option<&str>, String, &str) -> ManifestError,
+) -> Result<Packages, ManifestError> {
+    if *from != From::Scratch {
+        return Err(bad(
+            "packages",
+            None,
+            "`packages` builds the base itself, so `from` must be `scratch`".into(),
+            "write `\"from\": \"scratch\"`, or drop `packages` and use the base image's own",
+        ));
+    }
+    let is_name = |n: &str| {
+        n.len() >= 2
+            && n.bytes()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && n.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+-.".contains(&c))
+    };
+    for (i, s) in p.include.iter().enumerate() {
+        let (n, v) = s.split_once('=').unwrap_or((s, "x"));
+        if !is_name(n) || v.is_empty() || v.contains(char::is_whitespace) {
+            return Err(bad(
+                &format!("packages.include[{i}]"),
+                Some(s),
+                format!("`{s}` is not a Debian package name, optionally `=version`"),
+                "write e.g. `git` or `git=1:2.39.5-0+deb12u2` (lowercase name)",
+            ));
+        }
+    }
+    if p.include.is_empty() {
+        return Err(bad(
+            "packages.include",
+            None,
+            "lists no package".into(),
+            "name at least one package",
+        ));
+    }
+    if let Some(a) = &p.arch {
+        if !is_name(a) {
+            return Err(bad(
+                "packages.arch",
+                Some(a),
+                format!("`{a}` is not a Debian architecture"),
+                "write e.g. `amd64` or `arm64`, or drop it to follow --platform",
+            ));
+        }
+    }
+    let archive = match &p.archive {
+        None => None,
+        Some(a) => {
+            let ok_uri = ["http://", "https://", "file:///"]
+                .iter()
+                .any(|s| a.uri.starts_with(s));
+            if !ok_uri
+                || a.suites.is_empty()
+                || a.components.is_empty()
+                || !a.signed_by.starts_with('/')
+            {
+                return Err(bad(
+                    "packages.archive",
+                    None,
+                    "needs an http(s):// or file:/// `uri`, `suites`, `components` and an absolute `signed_by` keyring path".into(),
+                    "name the archive like a deb822 apt source, or drop `archive` to use the host's apt configuration",
+                ));
+            }
+            Some(Archive {
+                uri: a.uri.clone(),
+                suites: a.suites.clone(),
+                components: a.components.clone(),
+                signed_by: a.signed_by.clone(),
+            })
+        }
+    };
+    Ok(Packages {
+        include: p.include.clone(),
+        arch: p.arch.clone(),
+        essential: p.essential,
+        archive,
+        canonical: json::canonical(&value["packages"]),
     })
 }
 
