@@ -109,6 +109,9 @@ fn lock_offline_never_touches_the_registry() {
     }
     let (addr, seen) = recorder();
     let p = Project::new(&["hello"], Variation::default());
+    // Warm the download cache online (no registry): offline needs it.
+    let warm = p.bottle(&["lock", "hello"], NONE, &[]);
+    assert_eq!(warm.code, 0, "{warm:?}");
     p.write("agents/hello/prompt.md", "offline\n");
     // A rebuild (the prompt changed) and then a no-op, both offline.
     let out = p.bottle(&["lock", "--offline", "hello"], Some(&addr), &[]);
