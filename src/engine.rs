@@ -5,7 +5,8 @@
 //! Invariants:
 //! - Every container this module creates is hardened the same way (see
 //!   [`hardened_host_config`]): non-root, no capabilities, no-new-privileges,
-//!   read-only root, tmpfs `/tmp`, an init, pids/memory/CPU limits, no
+//!   read-only root, every writable place a tmpfs of `limits.disk` (`/tmp`,
+//!   `/dev/shm`, image volumes, the agent's home), an init, pids/memory/CPU limits, no
 //!   published ports, no host namespaces, the default seccomp profile, and
 //!   no bind mount except an explicitly requested workspace.
 //! - Removal is idempotent: "no such container/network" is success, so a
@@ -19,11 +20,13 @@ use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, EndpointSettings, HostConfig, HostConfigCgroupnsModeEnum, Mount,
-    MountType, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
+    MountType, MountVolumeOptions, MountVolumeOptionsDriverConfig, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkingConfig,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListNetworksOptions,
-    RemoveContainerOptions, UploadToContainerOptions,
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
+    ListNetworksOptions, ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
+    UploadToContainerOptions,
 };
 use futures_util::StreamExt;
 
@@ -153,6 +156,79 @@ pub fn check_version(v: &EngineVersion, allow_unpatched: bool) -> Result<(), Eng
     }
 }
 
+/// The isolation the engine adds on top of what `bottle` asks for, as its
+/// `SecurityOptions` report it (`name=seccomp,profile=default`,
+/// `name=apparmor`, `name=selinux`, `name=userns`, `name=rootless`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EngineSecurity {
+    /// `userns-remap`: uids in containers map to a subordinate range.
+    pub userns_remap: bool,
+    /// The engine itself runs unprivileged in its own user namespace.
+    pub rootless: bool,
+    /// The seccomp profile the engine applies by default, if any.
+    pub seccomp: Option<String>,
+    pub apparmor: bool,
+    pub selinux: bool,
+}
+
+impl EngineSecurity {
+    pub fn parse(options: &[String]) -> EngineSecurity {
+        let mut s = EngineSecurity::default();
+        for o in options {
+            let kv: HashMap<&str, &str> = o.split(',').filter_map(|p| p.split_once('=')).collect();
+            match kv.get("name").copied() {
+                Some("userns") => s.userns_remap = true,
+                Some("rootless") => s.rootless = true,
+                Some("apparmor") => s.apparmor = true,
+                Some("selinux") => s.selinux = true,
+                Some("seccomp") => {
+                    s.seccomp = Some(kv.get("profile").copied().unwrap_or("default").to_string())
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+
+    /// The preflight's description, stated as the engine reports it.
+    pub fn summary(&self) -> String {
+        let users = match (self.rootless, self.userns_remap) {
+            (true, _) => "rootless engine (root inside maps to the engine's unprivileged user)",
+            (false, true) => "user namespace remapped (userns-remap)",
+            (false, false) => {
+                "user namespace shared with the host (uid 1000 inside is uid 1000 on the host)"
+            }
+        };
+        let seccomp = match &self.seccomp {
+            Some(p) => format!("seccomp {p}"),
+            None => "no seccomp".into(),
+        };
+        let lsm = |on: bool, name: &str| {
+            if on {
+                name.to_string()
+            } else {
+                format!("no {name}")
+            }
+        };
+        format!(
+            "{users}, {seccomp}, {}, {}",
+            lsm(self.apparmor, "AppArmor"),
+            lsm(self.selinux, "SELinux")
+        )
+    }
+}
+
+/// What the engine reports about its isolation (`GET /info`).
+pub async fn security(docker: &Docker) -> Result<EngineSecurity, EngineError> {
+    let info = docker
+        .info()
+        .await
+        .map_err(api("reading the engine's info"))?;
+    Ok(EngineSecurity::parse(
+        &info.security_options.unwrap_or_default(),
+    ))
+}
+
 fn labels_map(labels: &[(String, String)]) -> HashMap<String, String> {
     labels.iter().cloned().collect()
 }
@@ -226,8 +302,8 @@ pub async fn remove_network(docker: &Docker, name: &str) -> Result<(), EngineErr
     }
 }
 
-/// Kill and remove a container with its anonymous volumes (the writable home
-/// and the sidecar's config volume die with it).
+/// Kill and remove a container with its anonymous volumes (the sidecar's
+/// config volume and the agent's home volume it holds die with it).
 pub async fn remove_container(docker: &Docker, name: &str) -> Result<(), EngineError> {
     let opts = RemoveContainerOptions {
         force: true,
@@ -395,6 +471,8 @@ pub struct ImageInfo {
     pub env: Vec<String>,
     pub size: Option<u64>,
     pub repo_digests: Vec<String>,
+    /// Paths the image config declares as volumes, sorted.
+    pub volumes: Vec<String>,
 }
 
 pub async fn inspect_image(docker: &Docker, reference: &str) -> Result<ImageInfo, EngineError> {
@@ -410,6 +488,11 @@ pub async fn inspect_image(docker: &Docker, reference: &str) -> Result<ImageInfo
         env: config.env.unwrap_or_default(),
         size: i.size.map(|s| s.max(0) as u64),
         repo_digests: i.repo_digests.unwrap_or_default(),
+        volumes: {
+            let mut v: Vec<String> = config.volumes.unwrap_or_default();
+            v.sort();
+            v
+        },
     })
 }
 
@@ -442,25 +525,167 @@ pub struct ContainerSpec<'a> {
     pub network: &'a str,
     pub limits: Limits,
     pub dns: Vec<String>,
-    /// Anonymous volumes: writable places that die with the container.
+    /// Anonymous volumes on the engine's disk that only `bottle` writes
+    /// (the sidecar's uploaded config); they die with the container.
     pub volumes: Vec<String>,
+    /// Paths the image declares as volumes: each gets a tmpfs of
+    /// `limits.disk_mib` instead of an unbounded volume on the host's disk.
+    pub image_volumes: Vec<String>,
+    pub home: Option<HomeMount<'a>>,
     pub workspace: Option<&'a std::path::Path>,
+}
+
+/// Where the sidecar holds the agent's home volume mounted: inside a tmpfs
+/// that only root may enter, and the sidecar never runs as root.
+pub const HOME_HOLD_DIR: &str = "/run/bottle";
+pub const HOME_HOLD_PATH: &str = "/run/bottle/agent-home";
+
+/// The agent's home: a memory-backed (tmpfs) volume of a fixed size.
+///
+/// The engine fills a volume with the image's content only when the
+/// container that uses it is created, and a tmpfs volume loses what it holds
+/// whenever nobody has it mounted. So the sidecar, which runs for the whole
+/// session, creates the volume and holds it mounted (hidden); the agent is
+/// created after the sidecar started, and its home is filled with the
+/// image's home into the live tmpfs. Removing the sidecar with its
+/// anonymous volumes (after the agent) removes it.
+pub enum HomeMount<'a> {
+    /// Create the volume and hold it at [`HOME_HOLD_PATH`] (the sidecar).
+    Hold {
+        size_mib: u64,
+        /// Owner of the volume's root when the image has no home folder.
+        owner: Option<(u64, u64)>,
+        labels: &'a [(String, String)],
+    },
+    /// Mount the held volume `volume` at `target` (the agent).
+    Use { volume: String, target: String },
+}
+
+/// The tmpfs `o=` options of the home volume.
+fn home_tmpfs_options(size_mib: u64, owner: Option<(u64, u64)>) -> String {
+    let mut o = format!("size={size_mib}m,mode=0700,nosuid,nodev");
+    if let Some((uid, gid)) = owner {
+        o.push_str(&format!(",uid={uid},gid={gid}"));
+    }
+    o
+}
+
+fn home_mounts(home: &HomeMount<'_>, tmpfs: &mut HashMap<String, String>) -> Mount {
+    match home {
+        HomeMount::Hold {
+            size_mib,
+            owner,
+            labels,
+        } => {
+            tmpfs.insert(
+                HOME_HOLD_DIR.to_string(),
+                "rw,nosuid,nodev,noexec,size=64k,mode=0700,uid=0,gid=0".to_string(),
+            );
+            let mut options = HashMap::new();
+            options.insert("type".to_string(), "tmpfs".to_string());
+            options.insert("device".to_string(), "tmpfs".to_string());
+            options.insert("o".to_string(), home_tmpfs_options(*size_mib, *owner));
+            Mount {
+                target: Some(HOME_HOLD_PATH.into()),
+                typ: Some(MountType::VOLUME),
+                volume_options: Some(MountVolumeOptions {
+                    no_copy: Some(true),
+                    labels: Some(labels_map(labels)),
+                    driver_config: Some(MountVolumeOptionsDriverConfig {
+                        name: Some("local".into()),
+                        options: Some(options),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        }
+        HomeMount::Use { volume, target } => Mount {
+            target: Some(target.clone()),
+            source: Some(volume.clone()),
+            typ: Some(MountType::VOLUME),
+            read_only: Some(false),
+            ..Default::default()
+        },
+    }
+}
+
+/// The name of the volume mounted at `path` in `container`.
+pub async fn volume_at(
+    docker: &Docker,
+    container: &str,
+    path: &str,
+) -> Result<String, EngineError> {
+    let i = docker
+        .inspect_container(container, None::<InspectContainerOptions>)
+        .await
+        .map_err(api(format!("inspecting {container}")))?;
+    i.mounts
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.destination.as_deref() == Some(path))
+        .and_then(|m| m.name)
+        .ok_or_else(|| EngineError::Api {
+            what: format!("finding the volume at {path} in {container}"),
+            source: BollardError::DockerResponseServerError {
+                status_code: 404,
+                message: "no volume mounted there".into(),
+            },
+        })
+}
+
+/// Remove every volume labeled `dev.bottle.run=<run_id>` (a home volume
+/// outlives its sidecar when someone removed the sidecar by hand).
+pub async fn remove_run_volumes(docker: &Docker, run_id: &str) -> Result<(), EngineError> {
+    let mut filters = HashMap::new();
+    filters.insert(
+        "label".to_string(),
+        vec![format!("{}={run_id}", crate::plan::LABEL_RUN)],
+    );
+    let list = docker
+        .list_volumes(Some(ListVolumesOptions {
+            filters: Some(filters),
+        }))
+        .await
+        .map_err(api("listing volumes"))?;
+    for v in list.volumes.unwrap_or_default() {
+        match docker
+            .remove_volume(&v.name, None::<RemoveVolumeOptions>)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(api(format!("removing volume {}", v.name))(e)),
+        }
+    }
+    Ok(())
 }
 
 /// The hardening every bottle container gets.
 pub fn hardened_host_config(spec: &ContainerSpec<'_>) -> HostConfig {
     let memory = (spec.limits.memory_mib * 1024 * 1024) as i64;
+    // Every writable place is a tmpfs of `disk_mib`: bounded by the engine
+    // and off the host's disk (its pages count against `memory`).
+    let sized = format!("rw,nosuid,nodev,size={}m", spec.limits.disk_mib);
     let mut tmpfs = HashMap::new();
-    tmpfs.insert("/tmp".to_string(), "rw,nosuid,nodev,size=256m".to_string());
-    let mounts = spec.workspace.map(|w| {
-        vec![Mount {
+    tmpfs.insert("/tmp".to_string(), sized.clone());
+    for v in &spec.image_volumes {
+        tmpfs.insert(v.clone(), sized.clone());
+    }
+    let mut mounts = Vec::new();
+    if let Some(home) = &spec.home {
+        mounts.push(home_mounts(home, &mut tmpfs));
+    }
+    if let Some(w) = spec.workspace {
+        mounts.push(Mount {
             target: Some("/workspace".into()),
             source: Some(w.to_string_lossy().into_owned()),
             typ: Some(MountType::BIND),
             read_only: Some(false),
             ..Default::default()
-        }]
-    });
+        });
+    }
+    let mounts = (!mounts.is_empty()).then_some(mounts);
     HostConfig {
         network_mode: Some(spec.network.to_string()),
         cap_drop: Some(vec!["ALL".into()]),
@@ -470,6 +695,9 @@ pub fn hardened_host_config(spec: &ContainerSpec<'_>) -> HostConfig {
         init: Some(true),
         pids_limit: Some(spec.limits.pids as i64),
         memory: Some(memory),
+        // /dev/shm is writable too: no larger than the engine's usual 64 MiB
+        // nor than the disk limit.
+        shm_size: Some((spec.limits.disk_mib.min(64) * 1024 * 1024) as i64),
         // Equal to memory: no swap on top of the limit.
         memory_swap: Some(memory),
         nano_cpus: Some((spec.limits.cpu_millis * 1_000_000) as i64),
@@ -724,6 +952,29 @@ mod tests {
     }
 
     #[test]
+    fn security_options_are_read_as_the_engine_states_them() {
+        let plain = EngineSecurity::parse(&["name=seccomp,profile=default".into()]);
+        assert_eq!(
+            plain.summary(),
+            "user namespace shared with the host (uid 1000 inside is uid 1000 on the host), seccomp default, no AppArmor, no SELinux"
+        );
+        let remapped = EngineSecurity::parse(&[
+            "name=apparmor".into(),
+            "name=seccomp,profile=builtin".into(),
+            "name=userns".into(),
+            "name=selinux".into(),
+        ]);
+        assert!(remapped.userns_remap && remapped.apparmor && remapped.selinux);
+        assert_eq!(
+            remapped.summary(),
+            "user namespace remapped (userns-remap), seccomp builtin, AppArmor, SELinux"
+        );
+        let rootless = EngineSecurity::parse(&["name=rootless".into(), "name=cgroupns".into()]);
+        assert!(rootless.summary().starts_with("rootless engine"));
+        assert!(rootless.summary().contains("no seccomp"));
+    }
+
+    #[test]
     fn the_engine_image_must_carry_the_digest() {
         let d = format!("sha256:{}", "a".repeat(64));
         let info = ImageInfo {
@@ -755,6 +1006,8 @@ mod tests {
             limits: Limits::default(),
             dns: vec![],
             volumes: vec![],
+            image_volumes: vec!["/data".into()],
+            home: None,
             workspace: None,
         };
         let h = hardened_host_config(&spec);
@@ -765,6 +1018,14 @@ mod tests {
         assert_eq!(h.memory, Some(4096 * 1024 * 1024));
         assert_eq!(h.nano_cpus, Some(2_000_000_000));
         assert!(h.binds.is_none() && h.mounts.is_none() && h.port_bindings.is_none());
+        let tmpfs = h.tmpfs.unwrap();
+        let sized = format!("rw,nosuid,nodev,size={}m", Limits::default().disk_mib);
+        assert_eq!(tmpfs.get("/tmp"), Some(&sized), "/tmp is bounded by disk");
+        assert_eq!(
+            tmpfs.get("/data"),
+            Some(&sized),
+            "image volumes become tmpfs"
+        );
         assert!(h.pid_mode.is_none() && h.userns_mode.is_none() && h.uts_mode.is_none());
     }
 }

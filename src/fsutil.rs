@@ -7,8 +7,8 @@
 //! mode *before* any byte is written (a secret-free file may still be
 //! private, and a reader must never see a wider mode than intended), is
 //! fsynced, then renamed over the target. A killed writer leaves at most a
-//! `.tmp-*` file (in the blob store, `BlobStore::remove_stale_temps` clears
-//! those); readers see the old file or the new one, never a mix.
+//! `.tmp-*` file (in the blob store, `bottle gc` clears those after an
+//! hour; the store's blob writers stamp theirs with their owner instead); readers see the old file or the new one, never a mix.
 
 use std::fs::{self, File};
 use std::io::{self, Write};

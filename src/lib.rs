@@ -5,6 +5,10 @@
 //! tested with plain unit tests; effects (registry, engine, sockets) sit at the
 //! edges, each behind one module. Only `cli` prints, prompts or exits.
 
+// First, so its non-panicking print macros shadow std's in every module.
+#[macro_use]
+mod say;
+
 pub mod acquire;
 pub mod cli;
 pub mod debian;

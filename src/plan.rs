@@ -56,6 +56,8 @@ pub struct RunOptions {
     pub memory_mib: Option<u64>,
     pub cpu_millis: Option<u64>,
     pub pids: Option<u64>,
+    /// Size of each writable filesystem (home, /tmp) in MiB.
+    pub disk_mib: Option<u64>,
     /// Existing network for the sidecar's way out; `None` = a per-run bridge.
     pub egress_network: Option<String>,
     /// Allowlisted hosts the sidecar may reach on private addresses.
@@ -76,6 +78,8 @@ pub struct ImageFacts {
     pub user: String,
     /// The agent's home (from the image's `HOME`, default `/home/agent`).
     pub home: String,
+    /// Paths the image declares as volumes (each becomes a bounded tmpfs).
+    pub volumes: Vec<String>,
 }
 
 /// The sidecar image the runner will use (the builtin one is loaded from
@@ -108,6 +112,8 @@ pub struct RunPlan {
     pub container: AgentContainer,
     pub sidecar: SidecarPlan,
     pub limits: Limits,
+    /// The isolation the engine reports (not known to `--dry-run`).
+    pub engine: Option<crate::engine::EngineSecurity>,
     /// The preflight egress line: `<N> hosts allowed (a, b, c, +K more)`.
     pub egress_summary: String,
     pub ssh_summary: String,
@@ -223,6 +229,7 @@ pub fn plan(
         (options.memory_mib, &mut limits.memory_mib, "memory"),
         (options.cpu_millis, &mut limits.cpu_millis, "cpus"),
         (options.pids, &mut limits.pids, "pids"),
+        (options.disk_mib, &mut limits.disk_mib, "disk"),
     ] {
         if let Some(v) = opt {
             if v == 0 {
@@ -352,6 +359,7 @@ pub fn plan(
             labels: labels("sidecar"),
         },
         limits,
+        engine: None,
         image,
         run_id,
         agent,
@@ -361,10 +369,15 @@ pub fn plan(
 impl RunPlan {
     /// Labels for a network of this run.
     pub fn network_labels(&self) -> Vec<(String, String)> {
+        self.labels_for("network")
+    }
+
+    /// The run's labels with `role` (`network`, `home`, …).
+    pub fn labels_for(&self, role: &str) -> Vec<(String, String)> {
         let mut l = self.container.labels.clone();
         for (k, v) in &mut l {
             if k == LABEL_ROLE {
-                *v = "network".into();
+                *v = role.into();
             }
         }
         l
@@ -431,11 +444,15 @@ impl RunPlan {
             ));
         }
         out.push(format!(
-            "  limits: {} MiB memory, {} CPUs, {} pids",
+            "  limits: {} MiB memory, {} CPUs, {} pids, {} MiB disk (home and /tmp, in memory)",
             self.limits.memory_mib,
             cpus(self.limits.cpu_millis),
-            self.limits.pids
+            self.limits.pids,
+            self.limits.disk_mib
         ));
+        if let Some(e) = &self.engine {
+            out.push(format!("  engine: {}", e.summary()));
+        }
         out
     }
 }
@@ -542,6 +559,7 @@ mod tests {
             size: Some(3 * 1024 * 1024),
             user: String::new(),
             home: "/home/agent".into(),
+            volumes: vec![],
         }
     }
 
@@ -642,7 +660,10 @@ mod tests {
             "egress: 7 hosts allowed (api.anthropic.com, claude.ai, console.anthropic.com, +4 more)"
         ));
         assert!(lines.contains("ssh: port 22 to github.com"));
-        assert!(lines.contains("limits: 4096 MiB memory, 2 CPUs, 512 pids"));
+        assert!(lines.contains(
+            "limits: 4096 MiB memory, 2 CPUs, 512 pids, 1024 MiB disk (home and /tmp, in memory)"
+        ));
+        assert!(!lines.contains("engine:"), "the plan alone knows no engine");
         assert!(lines.contains("sha256:aaaaaaaaaaaa, 3.0 MiB"));
         for (k, _) in &p.container.labels {
             assert!(k.starts_with("dev.bottle."));
@@ -697,6 +718,7 @@ mod tests {
             memory_mib: Some(256),
             cpu_millis: Some(500),
             pids: Some(64),
+            disk_mib: Some(32),
             trust_hosts: vec!["API.Anthropic.com".into()],
             egress_network: Some("mine".into()),
             dns_mitigation: true,
@@ -716,9 +738,11 @@ mod tests {
             Limits {
                 memory_mib: 256,
                 cpu_millis: 500,
-                pids: 64
+                pids: 64,
+                disk_mib: 32,
             }
         );
+        assert!(p.preflight_lines().join("\n").contains("32 MiB disk"));
         assert_eq!(p.sidecar.trusted, vec!["api.anthropic.com".to_string()]);
         assert_eq!(p.networks.egress, "mine");
         assert!(!p.networks.egress_created);

@@ -8,12 +8,13 @@
 //! into a run plan; the egress module turns it into the sidecar config.
 //!
 //! Invariants (checked by [`Policy::validate`]): hosts are normalized patterns
-//! (see `host`), sorted and unique; env names are valid and unique; limits
-//! are positive.
+//! (see `host`), sorted and unique; env names are valid and unique; the
+//! agent name is one a manifest could have; limits are within
+//! [`Limits::check`]'s bounds; a sidecar image is pinned by digest.
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::{HostError, Pattern};
+use crate::host::Pattern;
 
 /// Image config label that carries the canonical JSON of the policy.
 pub const POLICY_LABEL: &str = "dev.bottle.policy";
@@ -107,7 +108,37 @@ pub struct Limits {
     /// canonical JSON never depends on float formatting.
     pub cpu_millis: u64,
     pub pids: u64,
+    /// Size of each writable filesystem of the agent (its home and `/tmp`,
+    /// memory-backed, so they also count against `memory_mib`). Omitted from
+    /// the label when it is [`DEFAULT_DISK_MIB`]: images locked before the
+    /// field existed keep their digest and mean the same, and schema 1 fixes
+    /// that default for good.
+    #[serde(
+        default = "default_disk_mib",
+        skip_serializing_if = "is_default_disk_mib"
+    )]
+    pub disk_mib: u64,
 }
+
+/// `limits.disk` when the manifest names none (part of policy schema 1:
+/// changing it would change what existing labels mean).
+pub const DEFAULT_DISK_MIB: u64 = 1024;
+
+fn default_disk_mib() -> u64 {
+    DEFAULT_DISK_MIB
+}
+
+fn is_default_disk_mib(v: &u64) -> bool {
+    *v == DEFAULT_DISK_MIB
+}
+
+/// Largest memory or disk size a policy may name (1 PiB), so that sizes in
+/// bytes always fit the engine's signed 64-bit fields.
+pub const MAX_SIZE_MIB: u64 = 1 << 30;
+/// Largest CPU quota (1,000 CPUs).
+pub const MAX_CPU_MILLIS: u64 = 1_000_000;
+/// Largest process limit (the kernel's own ceiling for pid_max).
+pub const MAX_PIDS: u64 = 1 << 22;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -115,7 +146,32 @@ impl Default for Limits {
             memory_mib: 4096,
             cpu_millis: 2000,
             pids: 512,
+            disk_mib: DEFAULT_DISK_MIB,
         }
+    }
+}
+
+impl Limits {
+    /// The bounds a manifest and an image label must both meet: `Err` names
+    /// the policy field and what is wrong with it. The manifest maps the
+    /// policy field back to its own spelling.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let range = |field, v: u64, max: u64, what: &str| {
+            if v == 0 || v > max {
+                Err((field, format!("{v} is not a {what} between 1 and {max}")))
+            } else {
+                Ok(())
+            }
+        };
+        range("memory_mib", self.memory_mib, MAX_SIZE_MIB, "size in MiB")?;
+        range(
+            "cpu_millis",
+            self.cpu_millis,
+            MAX_CPU_MILLIS,
+            "CPU quota in thousandths",
+        )?;
+        range("pids", self.pids, MAX_PIDS, "process count")?;
+        range("disk_mib", self.disk_mib, MAX_SIZE_MIB, "size in MiB")
     }
 }
 
@@ -129,14 +185,9 @@ pub enum PolicyError {
     Parse(#[from] serde_json::Error),
     #[error("policy schema {0} is not supported (this bottle understands {POLICY_SCHEMA})")]
     Schema(u32),
-    #[error("policy host `{host}` {source}")]
-    Host { host: String, source: HostError },
-    #[error("policy is not canonical: {0}")]
-    NotCanonical(&'static str),
-    #[error("policy env name `{0}` is not a valid variable name")]
-    EnvName(String),
-    #[error("policy limit `{0}` must be positive")]
-    Limit(&'static str),
+    /// A field breaks the rule the manifest enforces for it.
+    #[error("policy field `{field}`: {problem}")]
+    Field { field: String, problem: String },
 }
 
 impl crate::error::Classify for PolicyError {
@@ -160,40 +211,77 @@ impl Policy {
         Ok(policy)
     }
 
+    /// Every field against the rules a manifest is held to (the same
+    /// validators: `manifest::is_agent_name`, `host::Pattern`, [`is_env_name`],
+    /// [`Limits::check`], the pinned-reference rule), since a label read from
+    /// an image is untrusted input that ends up in engine object names,
+    /// container environments and the sidecar's config.
     pub fn validate(&self) -> Result<(), PolicyError> {
+        let field = |field: String, problem: String| PolicyError::Field { field, problem };
         if self.schema != POLICY_SCHEMA {
             return Err(PolicyError::Schema(self.schema));
         }
-        for list in [&self.egress.allow, &self.egress.ssh] {
-            for h in list {
-                let p = Pattern::parse(h).map_err(|source| PolicyError::Host {
-                    host: h.clone(),
-                    source,
-                })?;
+        if !crate::manifest::is_agent_name(&self.agent) {
+            return Err(field(
+                "agent".into(),
+                format!(
+                    "`{}` is not a valid agent name (lowercase letters, digits, `-`, `_`, `.`, starting with a letter or digit, at most 64)",
+                    self.agent.escape_debug()
+                ),
+            ));
+        }
+        for (name, list) in [
+            ("egress.allow", &self.egress.allow),
+            ("egress.ssh", &self.egress.ssh),
+        ] {
+            for (i, h) in list.iter().enumerate() {
+                let at = format!("{name}[{i}]");
+                let p = Pattern::parse(h)
+                    .map_err(|e| field(at.clone(), format!("`{}` {e}", h.escape_debug())))?;
                 if p.to_string() != *h {
-                    return Err(PolicyError::NotCanonical("host not normalized"));
+                    return Err(field(
+                        at,
+                        format!("`{}` is not normalized (`{p}`)", h.escape_debug()),
+                    ));
                 }
             }
             if !is_sorted_unique(list) {
-                return Err(PolicyError::NotCanonical("hosts not sorted and unique"));
+                return Err(field(name.into(), "hosts are not sorted and unique".into()));
             }
         }
-        for name in &self.env {
+        for (i, name) in self.env.iter().enumerate() {
             if !is_env_name(name) {
-                return Err(PolicyError::EnvName(name.clone()));
+                return Err(field(
+                    format!("env[{i}]"),
+                    format!(
+                        "`{}` is not a valid environment variable name",
+                        name.escape_debug()
+                    ),
+                ));
             }
         }
         if !is_sorted_unique(&self.env) {
-            return Err(PolicyError::NotCanonical("env names not sorted and unique"));
+            return Err(field(
+                "env".into(),
+                "names are not sorted and unique".into(),
+            ));
         }
-        if self.limits.memory_mib == 0 {
-            return Err(PolicyError::Limit("memory_mib"));
-        }
-        if self.limits.cpu_millis == 0 {
-            return Err(PolicyError::Limit("cpu_millis"));
-        }
-        if self.limits.pids == 0 {
-            return Err(PolicyError::Limit("pids"));
+        self.limits
+            .check()
+            .map_err(|(f, problem)| field(format!("limits.{f}"), problem))?;
+        if let Some(image) = &self.sidecar.image {
+            let pinned = image
+                .split_once('@')
+                .is_some_and(|(_, d)| crate::reference::is_digest(d));
+            if !pinned || crate::manifest::check_reference(image).is_err() {
+                return Err(field(
+                    "sidecar.image".into(),
+                    format!(
+                        "`{}` is not an image pinned by digest (<registry>/<repo>@sha256:<64 hex>)",
+                        image.escape_debug()
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -266,6 +354,74 @@ mod tests {
         let mut p = sample();
         p.env = vec!["1BAD".into()];
         assert!(p.validate().is_err());
+    }
+
+    /// A label is untrusted input: every field is held to the manifest's
+    /// rules, and the error names the field.
+    #[test]
+    fn hostile_label_fields_are_refused_by_name() {
+        type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            ("agent", Box::new(|v| v["agent"] = "../../x Y".into())),
+            ("agent", Box::new(|v| v["agent"] = "".into())),
+            (
+                "egress.allow[0]",
+                Box::new(|v| v["egress"]["allow"][0] = "a b/../c".into()),
+            ),
+            (
+                "egress.ssh[0]",
+                Box::new(|v| v["egress"]["ssh"][0] = "10.0.0.1".into()),
+            ),
+            ("env[0]", Box::new(|v| v["env"][0] = "A=B".into())),
+            (
+                "limits.memory_mib",
+                Box::new(|v| v["limits"]["memory_mib"] = 0.into()),
+            ),
+            (
+                "limits.memory_mib",
+                Box::new(|v| v["limits"]["memory_mib"] = u64::MAX.into()),
+            ),
+            (
+                "limits.cpu_millis",
+                Box::new(|v| v["limits"]["cpu_millis"] = u64::MAX.into()),
+            ),
+            (
+                "limits.pids",
+                Box::new(|v| v["limits"]["pids"] = u64::MAX.into()),
+            ),
+            (
+                "limits.disk_mib",
+                Box::new(|v| v["limits"]["disk_mib"] = 0.into()),
+            ),
+            (
+                "sidecar.image",
+                Box::new(|v| {
+                    v["sidecar"] = serde_json::json!({"kind": "pipelock", "image": "evil/x:latest"})
+                }),
+            ),
+        ];
+        for (field, edit) in cases {
+            let mut v = serde_json::to_value(sample()).unwrap();
+            edit(&mut v);
+            let e = Policy::from_label(Some(&v.to_string())).unwrap_err();
+            assert!(
+                matches!(&e, PolicyError::Field { field: f, .. } if f == field),
+                "{field}: {e}"
+            );
+            assert!(e.to_string().contains(&format!("`{field}`")), "{e}");
+        }
+        // A label without `disk_mib` (locked before it existed) means the default.
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["limits"].as_object_mut().unwrap().remove("disk_mib");
+        let p = Policy::from_label(Some(&v.to_string())).unwrap();
+        assert_eq!(p.limits.disk_mib, DEFAULT_DISK_MIB);
+        let pinned = format!("ghcr.io/luckypipewrench/pipelock@sha256:{}", "a".repeat(64));
+        let mut p = sample();
+        p.sidecar = Sidecar {
+            kind: SidecarKind::Pipelock,
+            image: Some(pinned),
+        };
+        p.validate().unwrap();
     }
 
     #[test]

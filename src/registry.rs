@@ -9,8 +9,15 @@
 //! compared with the digest that named it before it lands in the store.
 //! Loopback registries (`localhost`, `127.0.0.0/8`, `::1`) are spoken to
 //! over plain HTTP, everything else over HTTPS.
+//!
+//! Every request to a registry goes through this module, and every one is
+//! idempotent (HEADs, GETs, digest-addressed PUTs; an upload starts a new
+//! session each time), so a transient failure (5xx, 408, 429, a connection
+//! reset or cut mid-transfer) is retried with a doubling pause, at most
+//! [`ATTEMPTS`] times in all, as `docker` and `crane` do; the error after the
+//! last attempt says how many were made. A refused connection is not retried:
+//! nothing is listening, and saying so at once is more useful.
 
-use std::fs::File;
 use std::io::Read;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -75,8 +82,52 @@ pub enum RegistryError {
         #[source]
         source: OciDistributionError,
     },
+    #[error(
+        "registry {registry} failed to {action} after {attempts} attempts (transient errors \
+         are retried with a growing pause); check that the registry and any proxy in front \
+         of it are healthy, then run the command again"
+    )]
+    GaveUp {
+        registry: String,
+        action: String,
+        attempts: u32,
+        #[source]
+        source: OciDistributionError,
+    },
     #[error(transparent)]
     Oci(#[from] OciError),
+}
+
+/// How many times a request is tried in all before a transient failure is
+/// reported, and the pause before the first retry (doubled before each next
+/// one: 0.2 + 0.4 + 0.8 s at most, so a registry that is down for good is
+/// still reported within seconds).
+pub const ATTEMPTS: u32 = 4;
+const FIRST_PAUSE: Duration = Duration::from_millis(200);
+
+/// How one try of a request ended badly: a registry error that may be
+/// retried (when transient), or an error that ends the operation at once.
+enum Attempt {
+    Remote(OciDistributionError),
+    Final(RegistryError),
+}
+
+impl From<OciDistributionError> for Attempt {
+    fn from(e: OciDistributionError) -> Self {
+        Attempt::Remote(e)
+    }
+}
+
+impl From<RegistryError> for Attempt {
+    fn from(e: RegistryError) -> Self {
+        Attempt::Final(e)
+    }
+}
+
+impl From<OciError> for Attempt {
+    fn from(e: OciError) -> Self {
+        Attempt::Final(e.into())
+    }
 }
 
 impl Classify for RegistryError {
@@ -85,9 +136,9 @@ impl Classify for RegistryError {
             RegistryError::BadRegistry { .. }
             | RegistryError::BadReference { .. }
             | RegistryError::NoPlatform { .. } => ExitKind::BadInput,
-            RegistryError::Unreachable { .. } | RegistryError::Protocol { .. } => {
-                ExitKind::Environment
-            }
+            RegistryError::Unreachable { .. }
+            | RegistryError::Protocol { .. }
+            | RegistryError::GaveUp { .. } => ExitKind::Environment,
             RegistryError::NotFound { .. } | RegistryError::DigestMismatch { .. } => {
                 ExitKind::Failure
             }
@@ -287,6 +338,38 @@ impl RegistryClient {
         }
     }
 
+    /// Run one request (`op` makes a fresh try each time) until it succeeds,
+    /// fails for good, or has failed transiently [`ATTEMPTS`] times.
+    async fn retry<T, F, Fut>(&self, action: &str, mut op: F) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Attempt>>,
+    {
+        let mut pause = FIRST_PAUSE;
+        let mut attempt = 1;
+        loop {
+            let e = match op().await {
+                Ok(v) => return Ok(v),
+                Err(Attempt::Final(e)) => return Err(e),
+                Err(Attempt::Remote(e)) => e,
+            };
+            if !is_transient(&e) {
+                return Err(self.classify(action, e));
+            }
+            if attempt == ATTEMPTS {
+                return Err(RegistryError::GaveUp {
+                    registry: self.registry.clone(),
+                    action: action.to_string(),
+                    attempts: ATTEMPTS,
+                    source: e,
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+            attempt += 1;
+        }
+    }
+
     /// Push every blob the registry lacks, then the manifest by digest, then
     /// `tag` (if any). Blobs are read from `store`.
     pub async fn push(
@@ -339,10 +422,10 @@ impl RegistryClient {
                 continue;
             }
             let present = self
-                .client
-                .blob_exists(&by_digest, digest)
-                .await
-                .map_err(|e| self.classify(format!("check blob {digest} in {repo}"), e))?;
+                .retry(&format!("check blob {digest} in {repo}"), || async {
+                    Ok(self.client.blob_exists(&by_digest, digest).await?)
+                })
+                .await?;
             if present {
                 stats.blobs_skipped += 1;
                 continue;
@@ -364,18 +447,9 @@ impl RegistryClient {
                 stats.blobs_mounted += 1;
                 continue;
             }
-            let size = store.size(digest)?;
-            let path = store.blob_path(digest)?;
-            let file = store.open_blob(digest, name)?;
-            let bar = progress.bytes(size, name);
-            let stream = file_chunks(file, path, bar.clone());
-            self.client
-                .push_blob_stream(&by_digest, stream, digest, Some(size))
-                .await
-                .map_err(|e| {
-                    self.classify(format!("upload blob {digest} ({name}) to {repo}"), e)
-                })?;
-            bar.finish("uploaded");
+            let size = self
+                .upload_blob(&by_digest, repo, digest, name, store, progress)
+                .await?;
             stats.blobs_uploaded += 1;
             stats.bytes_uploaded += size;
         }
@@ -387,23 +461,72 @@ impl RegistryClient {
                 reason: format!("media type `{media_type}` is not a valid header value"),
             }
         })?;
-        self.client
-            .push_manifest_raw(&by_digest, image.manifest.clone(), content_type.clone())
-            .await
-            .map_err(|e| {
-                self.classify(
-                    format!("push manifest {} to {repo}", image.manifest_digest),
-                    e,
-                )
-            })?;
+        let action = format!("push manifest {} to {repo}", image.manifest_digest);
+        self.retry(&action, || async {
+            let bytes = image.manifest.clone();
+            Ok(self
+                .client
+                .push_manifest_raw(&by_digest, bytes, content_type.clone())
+                .await?)
+        })
+        .await?;
         stats.bytes_uploaded += image.manifest.len() as u64;
         if let Some(tagged) = tagged {
-            self.client
-                .push_manifest_raw(&tagged, image.manifest.clone(), content_type)
-                .await
-                .map_err(|e| self.classify(format!("tag {repo}:{}", tag.unwrap_or_default()), e))?;
+            let action = format!("tag {repo}:{}", tag.unwrap_or_default());
+            self.retry(&action, || async {
+                let bytes = image.manifest.clone();
+                Ok(self
+                    .client
+                    .push_manifest_raw(&tagged, bytes, content_type.clone())
+                    .await?)
+            })
+            .await?;
         }
         Ok(stats)
+    }
+
+    /// Upload one stored blob (verified as it is read); a fresh read and a
+    /// fresh upload session for each try. Returns its size.
+    async fn upload_blob(
+        &self,
+        by_digest: &Reference,
+        repo: &str,
+        digest: &str,
+        name: &str,
+        store: &BlobStore,
+        progress: &Progress,
+    ) -> Result<u64, RegistryError> {
+        let path = store.blob_path(digest)?;
+        let size = store.size(digest)?;
+        let bar = progress.bytes(size, name);
+        let read_error = ReadError::default();
+        let action = format!("upload blob {digest} ({name}) to {repo}");
+        let pushed = self
+            .retry(&action, || async {
+                let blob = store.open_blob(digest, name)?;
+                let stream = file_chunks(blob, path.clone(), bar.clone(), read_error.clone());
+                let pushed = self
+                    .client
+                    .push_blob_stream(by_digest, stream, digest, Some(size))
+                    .await;
+                match pushed {
+                    // Our own read failed (a corrupt blob: the upload stopped
+                    // before its last byte): no retry, that error below.
+                    Err(_) if read_error.is_set() => Err(Attempt::Final(RegistryError::Protocol {
+                        registry: self.registry.clone(),
+                        action: action.clone(),
+                        source: OciDistributionError::GenericError(None),
+                    })),
+                    other => Ok(other?),
+                }
+            })
+            .await;
+        if let Some(e) = read_error.take() {
+            return Err(OciError::io("cannot read", path, e).into());
+        }
+        pushed?;
+        bar.finish("uploaded");
+        Ok(size)
     }
 
     /// Push raw manifest (or image index) bytes to `repo` under `reference`
@@ -427,10 +550,13 @@ impl RegistryClient {
         self.client
             .store_auth_if_needed(&self.registry, &RegistryAuth::Anonymous)
             .await;
-        self.client
-            .push_manifest_raw(&r, bytes.to_vec(), content_type)
-            .await
-            .map_err(|e| self.classify(format!("push manifest {text}"), e))?;
+        self.retry(&format!("push manifest {text}"), || async {
+            Ok(self
+                .client
+                .push_manifest_raw(&r, bytes.to_vec(), content_type.clone())
+                .await?)
+        })
+        .await?;
         Ok(digest)
     }
 
@@ -439,19 +565,27 @@ impl RegistryClient {
     pub async fn manifest_exists(&self, repo: &str, digest: &str) -> Result<bool, RegistryError> {
         hex_part(digest)?;
         let r = self.reference(repo, digest)?;
-        match self
-            .client
-            .fetch_manifest_digest(&r, &RegistryAuth::Anonymous)
-            .await
-        {
-            Ok(found) if found == digest => Ok(true),
-            Ok(found) => Err(RegistryError::DigestMismatch {
+        let found = self
+            .retry(&format!("look up manifest {repo}@{digest}"), || async {
+                match self
+                    .client
+                    .fetch_manifest_digest(&r, &RegistryAuth::Anonymous)
+                    .await
+                {
+                    Ok(found) => Ok(Some(found)),
+                    Err(e) if is_not_found(&e) => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await?;
+        match found {
+            None => Ok(false),
+            Some(found) if found == digest => Ok(true),
+            Some(found) => Err(RegistryError::DigestMismatch {
                 what: format!("manifest {repo}@{digest} in {}", self.registry),
                 expected: digest.to_string(),
                 actual: found,
             }),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(self.classify(format!("look up manifest {repo}@{digest}"), e)),
         }
     }
 
@@ -463,11 +597,14 @@ impl RegistryClient {
         self.client
             .store_auth_if_needed(&self.registry, &RegistryAuth::Anonymous)
             .await;
-        match self.client.blob_exists(&r, digest).await {
-            Ok(b) => Ok(b),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(self.classify(format!("look up blob {repo}@{digest}"), e)),
-        }
+        self.retry(&format!("look up blob {repo}@{digest}"), || async {
+            match self.client.blob_exists(&r, digest).await {
+                Ok(b) => Ok(b),
+                Err(e) if is_not_found(&e) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
     }
 
     /// Pull `repo` at `tag_or_digest` (`latest`, `sha256:…`) for `platform`
@@ -523,10 +660,13 @@ impl RegistryClient {
             .store_auth_if_needed(reference.resolve_registry(), &RegistryAuth::Anonymous)
             .await;
         let (bytes, _) = self
-            .client
-            .pull_manifest_raw(reference, &RegistryAuth::Anonymous, MANIFEST_TYPES)
-            .await
-            .map_err(|e| self.classify(format!("fetch manifest {shown}"), e))?;
+            .retry(&format!("fetch manifest {shown}"), || async {
+                Ok(self
+                    .client
+                    .pull_manifest_raw(reference, &RegistryAuth::Anonymous, MANIFEST_TYPES)
+                    .await?)
+            })
+            .await?;
         let got = sha256_digest(&bytes);
         if let Some(want) = reference.digest()
             && want != got
@@ -628,33 +768,36 @@ impl RegistryClient {
             ..OciDescriptor::default()
         };
         let what = format!("{name} {digest} of {shown}");
-        let sized = self
-            .client
-            .pull_blob_stream(reference, &desc)
-            .await
-            .map_err(|e| self.classify(format!("fetch {what}"), e))?;
-        let bar = progress.bytes(sized.content_length.unwrap_or(size), name);
-        let mut stream = sized.stream;
-        let mut w = store.writer()?;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                if let Some(oci_client::errors::DigestError::VerificationError {
-                    expected,
-                    actual,
-                }) = e.get_ref().and_then(|x| x.downcast_ref())
-                {
-                    return RegistryError::DigestMismatch {
-                        what: what.clone(),
-                        expected: expected.clone(),
-                        actual: actual.clone(),
-                    };
+        // A cut mid-download starts the blob over in a new temp file.
+        let (w, bar) = self
+            .retry(&format!("fetch {what}"), || async {
+                let sized = self.client.pull_blob_stream(reference, &desc).await?;
+                let bar = progress.bytes(sized.content_length.unwrap_or(size), name);
+                let mut stream = sized.stream;
+                let mut w = store.writer()?;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|e| {
+                        if let Some(oci_client::errors::DigestError::VerificationError {
+                            expected,
+                            actual,
+                        }) = e.get_ref().and_then(|x| x.downcast_ref())
+                        {
+                            return Attempt::Final(RegistryError::DigestMismatch {
+                                what: what.clone(),
+                                expected: expected.clone(),
+                                actual: actual.clone(),
+                            });
+                        }
+                        Attempt::Remote(OciDistributionError::IoError(e))
+                    })?;
+                    std::io::Write::write_all(&mut w, &chunk).map_err(|e| {
+                        OciError::io("cannot write", w.temp_path().to_path_buf(), e)
+                    })?;
+                    bar.inc(chunk.len() as u64);
                 }
-                self.classify(format!("fetch {what}"), OciDistributionError::IoError(e))
-            })?;
-            std::io::Write::write_all(&mut w, &chunk)
-                .map_err(|e| OciError::io("cannot write", w.temp_path().to_path_buf(), e))?;
-            bar.inc(chunk.len() as u64);
-        }
+                Ok((w, bar))
+            })
+            .await?;
         w.commit(Some(digest)).map_err(|e| match e {
             OciError::DigestMismatch {
                 expected, actual, ..
@@ -721,15 +864,83 @@ pub async fn copy(
         .await
 }
 
-/// Is `registry/repo@digest` there?
+/// Is `registry/repo@digest` there? A loopback registry is asked with one
+/// bare HEAD first (see [`loopback_manifest_exists`]); anything but a clear
+/// answer goes through the full client, with its retries and error reports.
 pub async fn manifest_exists(
     registry: &str,
     repo: &str,
     digest: &str,
 ) -> Result<bool, RegistryError> {
+    hex_part(digest)?;
+    if let Some(answer) = loopback_exists(registry, repo, "manifests", digest).await {
+        return Ok(answer);
+    }
     RegistryClient::new(registry)?
         .manifest_exists(repo, digest)
         .await
+}
+
+/// Is blob `digest` in `registry/repo`? Asked like [`manifest_exists`].
+pub async fn blob_exists(registry: &str, repo: &str, digest: &str) -> Result<bool, RegistryError> {
+    hex_part(digest)?;
+    if let Some(answer) = loopback_exists(registry, repo, "blobs", digest).await {
+        return Ok(answer);
+    }
+    RegistryClient::new(registry)?
+        .blob_exists(repo, digest)
+        .await
+}
+
+/// A plain-HTTP `HEAD /v2/<repo>/manifests/<digest>` for loopback
+/// registries: the no-op `lock` asks only this one question, and building a
+/// full registry client (which loads and parses the system's CA store) would
+/// cost more than the rest of the no-op put together. `None` when the answer
+/// is not a clear yes or no (not loopback, auth required, connection
+/// trouble): the caller then asks through the full client, which retries
+/// and reports errors properly.
+async fn loopback_exists(registry: &str, repo: &str, kind: &str, digest: &str) -> Option<bool> {
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
+
+    if !is_loopback(registry) {
+        return None;
+    }
+    let addr = if registry.contains(':') {
+        registry.to_string()
+    } else {
+        format!("{registry}:80")
+    };
+    let connect = tokio::net::TcpStream::connect(addr.replace("localhost", "127.0.0.1"));
+    let stream = tokio::time::timeout(std::time::Duration::from_secs(2), connect)
+        .await
+        .ok()?
+        .ok()?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+        .await
+        .ok()?;
+    let driver = tokio::spawn(conn);
+    let accept = MANIFEST_TYPES.join(", ");
+    let req = hyper::Request::head(format!("/v2/{repo}/{kind}/{digest}"))
+        .header(hyper::header::HOST, registry)
+        .header(hyper::header::ACCEPT, accept)
+        .body(Empty::new())
+        .ok()?;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(5), sender.send_request(req))
+        .await
+        .ok()?
+        .ok()?;
+    driver.abort();
+    match resp.status().as_u16() {
+        200 => Some(
+            resp.headers()
+                .get("docker-content-digest")
+                .is_none_or(|d| d.as_bytes() == digest.as_bytes()),
+        ),
+        404 => Some(false),
+        _ => None,
+    }
 }
 
 /// Pull a full reference (`host[:port]/repo:tag`, `…@sha256:…`, or a short
@@ -828,11 +1039,34 @@ fn choose_platform(
     })
 }
 
-/// Read a blob file in 1 MiB chunks as a stream, ticking the bar.
+/// The read error that ended a [`file_chunks`] stream, kept for the caller
+/// (the HTTP client only sees that the body failed).
+#[derive(Clone, Default)]
+struct ReadError(std::sync::Arc<std::sync::Mutex<Option<std::io::Error>>>);
+
+impl ReadError {
+    fn set(&self, e: std::io::Error) {
+        if let Ok(mut slot) = self.0.lock() {
+            slot.get_or_insert(e);
+        }
+    }
+
+    fn take(&self) -> Option<std::io::Error> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.lock().is_ok_and(|slot| slot.is_some())
+    }
+}
+
+/// Read a blob in 1 MiB chunks as a stream, ticking the bar; a read error
+/// ends the stream and is kept in `error`.
 fn file_chunks(
-    mut file: File,
+    mut file: impl Read + Send + 'static,
     path: std::path::PathBuf,
     bar: crate::progress::Bar,
+    error: ReadError,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>> + Send + 'static {
     let mut done = false;
     futures_util::stream::iter(std::iter::from_fn(move || {
@@ -852,10 +1086,10 @@ fn file_chunks(
             }
             Err(e) => {
                 done = true;
-                Some(Err(OciDistributionError::IoError(std::io::Error::new(
-                    e.kind(),
-                    format!("cannot read {}: {e}", path.display()),
-                ))))
+                let shown =
+                    std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()));
+                error.set(e);
+                Some(Err(OciDistributionError::IoError(shown)))
             }
         }
     }))
@@ -874,6 +1108,32 @@ fn has_error_code(e: &OciDistributionError, code: &str) -> bool {
         .into_iter()
         .flatten()
         .any(|x| x.get("code").and_then(Value::as_str) == Some(code))
+}
+
+/// Worth another try: the registry (or something in front of it) failed
+/// this once (5xx, 408, 429; a connection reset, cut or timed out after it
+/// was made). Not a refused connection, and not a 4xx that would only be
+/// answered the same way again.
+fn is_transient(e: &OciDistributionError) -> bool {
+    let status = |code: u16| matches!(code, 408 | 429 | 500 | 502 | 503 | 504);
+    match e {
+        OciDistributionError::ServerError { code, .. } => status(*code),
+        OciDistributionError::RequestError(r) => match r.status() {
+            Some(s) => status(s.as_u16()),
+            None => !r.is_connect() && !r.is_builder() && !r.is_redirect() || r.is_timeout(),
+        },
+        OciDistributionError::IoError(io) => {
+            use std::io::ErrorKind::*;
+            matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | TimedOut
+            ) || io
+                .get_ref()
+                .and_then(|x| x.downcast_ref::<reqwest::Error>())
+                .is_some_and(|r| r.status().is_none() && !r.is_connect())
+        }
+        _ => false,
+    }
 }
 
 fn is_unreachable(e: &OciDistributionError) -> bool {
@@ -923,6 +1183,31 @@ mod tests {
         ] {
             assert!(!is_loopback(r), "{r}");
         }
+    }
+
+    #[test]
+    fn only_transient_failures_are_retried() {
+        let server = |code| OciDistributionError::ServerError {
+            code,
+            url: "http://127.0.0.1:5000/v2/".into(),
+            message: String::new(),
+        };
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert!(is_transient(&server(code)), "{code}");
+        }
+        for code in [400, 401, 403, 404, 405, 501] {
+            assert!(!is_transient(&server(code)), "{code}");
+        }
+        let io = |kind| OciDistributionError::IoError(std::io::Error::from(kind));
+        assert!(is_transient(&io(std::io::ErrorKind::ConnectionReset)));
+        assert!(is_transient(&io(std::io::ErrorKind::UnexpectedEof)));
+        assert!(!is_transient(&io(std::io::ErrorKind::PermissionDenied)));
+        assert!(!is_transient(&OciDistributionError::DigestError(
+            oci_client::errors::DigestError::VerificationError {
+                expected: "a".into(),
+                actual: "b".into(),
+            }
+        )));
     }
 
     #[test]

@@ -173,16 +173,27 @@ pub async fn push(
     store: &BlobStore,
     progress: &Progress,
 ) -> Result<(Located, PushStats), ShareError> {
-    let image = fetch(source, store, progress).await?;
     let options = registry::PushOptions {
         mount_from: match &source.registry {
             Some(r) if r == to_registry => vec![source.repository.clone()],
             _ => Vec::new(),
         },
     };
-    let stats = RegistryClient::new(to_registry)?
-        .push_with(to_repo, None, &image, store, progress, &options)
-        .await?;
+    let client = RegistryClient::new(to_registry)?;
+    let copy = || async {
+        let image = fetch(source, store, progress).await?;
+        let stats = client
+            .push_with(to_repo, None, &image, store, progress, &options)
+            .await?;
+        Ok::<_, ShareError>(stats)
+    };
+    let stats = match copy().await {
+        // The corrupt blob is gone from the store now: the copy fetches it
+        // again (verified) and goes on; if that fails too, the corruption
+        // is the error to show.
+        Err(first) if is_corrupt_blob(&first) => copy().await.map_err(|_| first)?,
+        other => other?,
+    };
     let mut dest = source.clone();
     dest.registry = Some(to_registry.to_string());
     dest.repository = to_repo.to_string();
@@ -212,6 +223,39 @@ pub fn policy_of(image: &BuiltImage) -> Result<Policy, ShareError> {
         digest: image.manifest_digest.clone(),
         source,
     })
+}
+
+/// The image `source` names written to `path` ([`fetch`], then
+/// [`export`]). A blob found corrupt while it is written has been removed
+/// from the store: it is fetched again from the registry (verified) and the
+/// archive written anew; when that fails, the corruption is the error.
+pub async fn fetch_and_export(
+    source: &Located,
+    store: &BlobStore,
+    path: &Path,
+    progress: &Progress,
+) -> Result<BuiltImage, ShareError> {
+    let image = fetch(source, store, progress).await?;
+    match export(&image, store, path) {
+        Err(ShareError::Oci(first @ OciError::CorruptBlob { .. })) => {
+            let again = async {
+                let image = fetch(source, store, progress).await?;
+                export(&image, store, path)?;
+                Ok::<_, ShareError>(image)
+            };
+            again.await.map_err(|_| ShareError::Oci(first))
+        }
+        Err(e) => Err(e),
+        Ok(()) => Ok(image),
+    }
+}
+
+fn is_corrupt_blob(e: &ShareError) -> bool {
+    matches!(
+        e,
+        ShareError::Registry(RegistryError::Oci(OciError::CorruptBlob { .. }))
+            | ShareError::Oci(OciError::CorruptBlob { .. })
+    )
 }
 
 /// Write `image` to `path` (atomically). The `docker load` name is derived

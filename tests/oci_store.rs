@@ -1,5 +1,5 @@
 //! A process killed while writing a blob never leaves a corrupt blob under a
-//! digest name: only a `.tmp-*` file, which `remove_stale_temps` clears, and
+//! digest name: only a `.tmp-*` file named for its dead owner, which `gc` clears, and
 //! the store keeps working.
 
 use std::io::Write;
@@ -66,7 +66,17 @@ fn a_killed_writer_leaves_no_blob_under_a_digest_name() {
         }
     }
     assert_eq!(temps, 1, "the killed writer's temp file is the only trace");
-    assert_eq!(store.remove_stale_temps(Duration::ZERO).unwrap(), 1);
+    // Its name says its owner is gone, so `gc` lists and removes it.
+    let places: Vec<_> = store
+        .temp_dirs()
+        .into_iter()
+        .map(|d| (d, bottle::oci::store::TEMP_PREFIX))
+        .collect();
+    let stale = bottle::runner::gc::stale_temps(&places);
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    assert_eq!(stale[0].owner_pid, Some(child.id()));
+    let (removed, failed) = bottle::runner::gc::remove_temps(stale);
+    assert_eq!((removed.len(), failed.len()), (1, 0));
     assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), 0);
 
     // The store still works.

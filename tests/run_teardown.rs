@@ -261,10 +261,11 @@ async fn after_sigkill_gc_removes_the_dead_run_and_spares_the_live_one() {
         dead.wait(Duration::from_secs(10)),
         Some(128 + libc::SIGKILL)
     );
-    // SIGKILL cannot be caught: the dead run's objects are still there.
+    // SIGKILL cannot be caught: the dead run's objects are still there
+    // (per run: two containers, two networks, the home volume).
     assert_eq!(
         leftovers(&fx.docker, agent).await.len(),
-        2 * 2 + 2 * 2,
+        2 * 5,
         "{:?}",
         leftovers(&fx.docker, agent).await
     );
@@ -280,7 +281,8 @@ async fn after_sigkill_gc_removes_the_dead_run_and_spares_the_live_one() {
     assert_eq!(live_run["owner_alive"], true);
 
     let dry = fx.bottle(&["gc", "--dry-run", "--json"], &[]);
-    let would: Vec<serde_json::Value> = serde_json::from_str(&dry.stdout).unwrap();
+    let dry_json: serde_json::Value = serde_json::from_str(&dry.stdout).unwrap();
+    let would = dry_json["runs"].as_array().unwrap();
     assert!(
         would.iter().any(|r| r["run_id"] == dead_run["run_id"]),
         "{}",
@@ -293,14 +295,15 @@ async fn after_sigkill_gc_removes_the_dead_run_and_spares_the_live_one() {
     );
     assert_eq!(
         leftovers(&fx.docker, agent).await.len(),
-        8,
+        10,
         "dry run removed something"
     );
 
     let gc = fx.bottle(&["gc"], &[]);
     assert_eq!(gc.code, 0, "{}", gc.stderr);
     let l = leftovers(&fx.docker, agent).await;
-    assert_eq!(l.len(), 4, "only the live run's objects remain: {l:?}");
+    // The dead run's home volume went with its sidecar.
+    assert_eq!(l.len(), 5, "only the live run's objects remain: {l:?}");
     let live_id = live_run["run_id"].as_str().unwrap();
     assert!(l.iter().all(|o| o.contains(live_id)), "{l:?}");
     assert_eq!(running_agents(&l), 1);

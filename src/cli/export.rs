@@ -33,8 +33,7 @@ pub async fn exec(args: Args) -> CliResult {
         args.project.root.as_deref(),
     )?;
     let store = share::open_store()?;
-    let image = share::fetch(&source, &store, &Progress::auto()).await?;
-    share::export(&image, &store, &args.output)?;
+    let image = share::fetch_and_export(&source, &store, &args.output, &Progress::auto()).await?;
     let size = std::fs::metadata(&args.output).map(|m| m.len()).ok();
     eprintln!(
         "exported {source} to {}{}",

@@ -85,6 +85,11 @@ pub fn main() -> std::process::ExitCode {
     let result = runtime.block_on(dispatch(cli.command));
     // Do not wait for stray blocking tasks (e.g. a stdin reader) on the way out.
     runtime.shutdown_background();
+    // Said once, whatever the command: the store removed a corrupt blob
+    // (the command rebuilt or fetched it, or its error says what to do).
+    for line in crate::oci::store::take_removed() {
+        eprintln!("warning: {line}");
+    }
     match result {
         Ok(code) => std::process::ExitCode::from(code),
         Err(err) => {

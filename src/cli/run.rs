@@ -12,6 +12,9 @@ use crate::reference::Reference;
 use crate::runner::{self, Request};
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Exit code: the agent's own; 4 when the egress sidecar stopped mid-session (the run was ended and torn down); 129/130/143 after SIGHUP/SIGINT/SIGTERM; 1, 2, 3 when bottle itself failed (run, input, environment)."
+)]
 pub struct Args {
     /// <agent> | <agent>@sha256:… | <registry>/<repo>@sha256:… (tags are refused)
     #[arg(value_name = "REF")]
@@ -52,6 +55,10 @@ pub struct Args {
     /// Process limit (default: the bottle's policy)
     #[arg(long, value_name = "N")]
     pids: Option<u64>,
+
+    /// Size of the home and of /tmp in MiB, each (memory-backed; default: the bottle's policy)
+    #[arg(long, value_name = "MIB")]
+    disk: Option<u64>,
 
     /// Existing Docker network for the sidecar's way out (default: a per-run bridge network, removed at the end)
     #[arg(long, value_name = "NAME")]
@@ -111,6 +118,7 @@ pub async fn exec(args: Args) -> CliResult {
         memory_mib: args.memory,
         cpu_millis,
         pids: args.pids,
+        disk_mib: args.disk,
         egress_network: args.egress_network.clone(),
         trust_hosts: args.trust_hosts.clone(),
         dns_mitigation: false,
@@ -235,6 +243,12 @@ pub async fn exec(args: Args) -> CliResult {
     for e in &outcome.teardown_errors {
         eprintln!("bottle: teardown: {e}");
     }
+    if let Some(why) = &outcome.sidecar_lost {
+        eprintln!(
+            "bottle: {why}; the bottle was torn down (exit {})",
+            runner::SIDECAR_LOST_EXIT
+        );
+    }
     if let Some(sig) = outcome.signal {
         eprintln!("bottle: stopped by {sig}; the bottle was torn down");
     }
@@ -316,8 +330,8 @@ fn render_plan(plan: &RunPlan, config: &str) -> String {
         ));
     }
     s.push_str(&format!(
-        "  hardening: non-root, cap-drop ALL, no-new-privileges, read-only root, tmpfs /tmp, home {} dies with the bottle, init, no published ports, default seccomp\n",
-        c.home
+        "  hardening: non-root, cap-drop ALL, no-new-privileges, read-only root, home {} and /tmp are tmpfs of {} MiB each (in memory, gone with the bottle), init, no published ports, the engine's default seccomp\n",
+        c.home, plan.limits.disk_mib
     ));
     s.push_str("sidecar config:\n");
     for line in config.lines() {

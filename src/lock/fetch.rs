@@ -15,6 +15,9 @@ use sha2::{Digest as _, Sha256};
 
 use super::LockError;
 
+/// How the temp files of downloads in progress start.
+pub const PART_PREFIX: &str = ".part-";
+
 pub struct FetchCache {
     dir: PathBuf,
 }
@@ -41,6 +44,11 @@ impl FetchCache {
         self.dir.join(hex)
     }
 
+    /// The folder downloads are written in ([`PART_PREFIX`]`…`), for `gc`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn has(&self, hex: &str) -> bool {
         self.path(hex).is_file()
     }
@@ -60,8 +68,11 @@ impl FetchCache {
                 return Ok(hex.to_string());
             }
         }
+        // Named for this process, so `gc` removes a killed download (often
+        // the biggest leftover) once, and only once, its owner is gone.
+        let prefix = crate::runner::owner::stamp(PART_PREFIX);
         let mut tmp = tempfile::Builder::new()
-            .prefix(".part-")
+            .prefix(&prefix)
             .tempfile_in(&self.dir)
             .map_err(|e| LockError::io("cannot create a temp file in", &self.dir, e))?;
         let mut hasher = Sha256::new();

@@ -155,73 +155,12 @@ pub async fn ensure_image(
     }
 }
 
-/// One HEAD: the fast loopback path when it gives a clear answer, else the
-/// registry client (which reports errors properly).
+/// One HEAD, through the `registry` module (a bare loopback HEAD when that
+/// gives a clear answer, else the full client with its retries).
 async fn head(registry: &str, repo: &str, kind: &str, digest: &str) -> Result<bool, LockError> {
-    if let Some(answer) = loopback_exists(registry, repo, kind, digest).await {
-        return Ok(answer);
-    }
-    let client = registry::RegistryClient::new(registry)?;
     Ok(if kind == "manifests" {
-        client.manifest_exists(repo, digest).await?
+        registry::manifest_exists(registry, repo, digest).await?
     } else {
-        client.blob_exists(repo, digest).await?
+        registry::blob_exists(registry, repo, digest).await?
     })
-}
-
-/// A plain-HTTP `HEAD /v2/<repo>/<kind>/<digest>` for loopback
-/// registries: the no-op `lock` asks only these questions, and building a
-/// full registry client (which loads and parses the system's CA store) would
-/// cost more than the rest of the no-op put together. `None` when the answer
-/// is not a clear yes or no (not loopback, auth required, connection
-/// trouble): the caller then asks through the `registry` module, which
-/// reports errors properly.
-async fn loopback_exists(registry: &str, repo: &str, kind: &str, digest: &str) -> Option<bool> {
-    use http_body_util::Empty;
-    use hyper::body::Bytes;
-
-    if !registry::is_loopback(registry) {
-        return None;
-    }
-    let addr = if registry.contains(':') {
-        registry.to_string()
-    } else {
-        format!("{registry}:80")
-    };
-    let connect = tokio::net::TcpStream::connect(addr.replace("localhost", "127.0.0.1"));
-    let stream = tokio::time::timeout(std::time::Duration::from_secs(2), connect)
-        .await
-        .ok()?
-        .ok()?;
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
-        .await
-        .ok()?;
-    let driver = tokio::spawn(conn);
-    let accept = [
-        crate::oci::media::OCI_MANIFEST,
-        crate::oci::media::OCI_INDEX,
-        crate::oci::media::DOCKER_MANIFEST,
-        crate::oci::media::DOCKER_MANIFEST_LIST,
-    ]
-    .join(", ");
-    let req = hyper::Request::head(format!("/v2/{repo}/{kind}/{digest}"))
-        .header(hyper::header::HOST, registry)
-        .header(hyper::header::ACCEPT, accept)
-        .body(Empty::new())
-        .ok()?;
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(5), sender.send_request(req))
-        .await
-        .ok()?
-        .ok()?;
-    driver.abort();
-    match resp.status().as_u16() {
-        200 => Some(
-            resp.headers()
-                .get("docker-content-digest")
-                .is_none_or(|d| d.as_bytes() == digest.as_bytes()),
-        ),
-        404 => Some(false),
-        _ => None,
-    }
 }

@@ -43,6 +43,11 @@ const MANIFEST_HELP: &str =
 const RECIPE_HELP: &str =
     "the recipe fields are listed in README.md, section \"Base image recipes\"";
 
+/// Most skills one agent may list: each is one image layer, and the engine
+/// runs no image deeper than [`crate::oci::image::MAX_LAYERS`]; the rest is
+/// room for the base image's layers and bottle's own.
+pub const MAX_SKILLS: usize = 100;
+
 /// Home of the agent user inside every image.
 pub const AGENT_HOME: &str = "home/agent";
 pub const AGENT_UID: u64 = 1000;
@@ -106,6 +111,8 @@ struct RawLimits {
     cpus: Option<f64>,
     #[serde(default)]
     pids: Option<u64>,
+    #[serde(default)]
+    disk: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -389,6 +396,19 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
     };
 
     // skills
+    if raw.skills.len() > MAX_SKILLS {
+        return Err(bad(
+            "skills",
+            Some("skills"),
+            format!(
+                "{} skills listed; at most {MAX_SKILLS} are allowed (each skill is one image layer, \
+                 and the engine refuses to run an image deeper than {} layers)",
+                raw.skills.len(),
+                crate::oci::image::MAX_LAYERS
+            ),
+            "merge related skills into one skill folder, or drop some",
+        ));
+    }
     let mut skills: Vec<Skill> = Vec::new();
     for (i, s) in raw.skills.iter().enumerate() {
         let field = format!("skills[{i}]");
@@ -474,6 +494,7 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
 
     // env
     let mut env = Vec::new();
+    let mut seen = FirstSeen::default();
     for (i, e) in raw.env.iter().enumerate() {
         let field = format!("env[{i}]");
         if !policy::is_env_name(e) {
@@ -484,7 +505,7 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
                 "write only the NAME (letters, digits, `_`, not starting with a digit); values come from the host at run time",
             ));
         }
-        if let Some(j) = raw.env[..i].iter().position(|x| x == e) {
+        if let Some(j) = seen.check(e, i) {
             return Err(bad(
                 &field,
                 Some(e),
@@ -583,6 +604,26 @@ pub fn load_agent(root: &Path, name: &str) -> Result<Agent, ManifestError> {
             }
             limits.pids = p;
         }
+        if let Some(d) = &l.disk {
+            limits.disk_mib = parse_memory(d).ok_or_else(|| {
+                bad(
+                    "limits.disk",
+                    Some(d),
+                    format!("`{d}` is not a size"),
+                    "write a positive size with a unit: `512m`, `1g`, `2GiB`",
+                )
+            })?;
+        }
+        // The same bounds an image's policy label is held to at run time.
+        limits.check().map_err(|(f, problem)| {
+            let field = match f {
+                "memory_mib" => "limits.memory",
+                "cpu_millis" => "limits.cpus",
+                "disk_mib" => "limits.disk",
+                _ => "limits.pids",
+            };
+            bad(field, None, problem, "write a smaller value")
+        })?;
     }
 
     // prompt
@@ -811,6 +852,30 @@ pub fn load_recipe(root: &Path, name: &str) -> Result<Recipe, ManifestError> {
     })
 }
 
+/// Where each item of a list was first seen: one hash lookup per item, so
+/// checking a list for duplicates is linear (a scan of the earlier items
+/// per item made 1M `env` names take minutes).
+struct FirstSeen<'a, T: ?Sized>(std::collections::HashMap<&'a T, usize>);
+
+impl<T: ?Sized> Default for FirstSeen<'_, T> {
+    fn default() -> Self {
+        FirstSeen(std::collections::HashMap::new())
+    }
+}
+
+impl<'a, T: ?Sized + Eq + std::hash::Hash> FirstSeen<'a, T> {
+    /// The index `item` was first seen at, or `None` (and remember `i`).
+    fn check(&mut self, item: &'a T, i: usize) -> Option<usize> {
+        match self.0.entry(item) {
+            std::collections::hash_map::Entry::Occupied(o) => Some(*o.get()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(i);
+                None
+            }
+        }
+    }
+}
+
 /// Validate a recipe's `packages` (names, architecture, archive).
 fn check_packages(
     p: &RawPackages,
@@ -1010,7 +1075,7 @@ fn is_skill_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
 }
 
-fn check_reference(s: &str) -> Result<(), String> {
+pub(crate) fn check_reference(s: &str) -> Result<(), String> {
     oci_client::Reference::try_from(s)
         .map(|_| ())
         .map_err(|e| format!("`{s}` is not an OCI reference ({e})"))

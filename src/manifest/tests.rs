@@ -179,3 +179,146 @@ fn memory_sizes() {
     assert_eq!(parse_memory("0m"), None);
     assert_eq!(parse_memory("12"), None);
 }
+
+#[test]
+fn more_skills_than_the_engine_can_stack_are_refused_naming_the_limit() {
+    let d = project();
+    let r = d.path();
+    let mut list = Vec::new();
+    for i in 0..=MAX_SKILLS {
+        let dir = r.join(format!("agents/a/skills/s{i}"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("SKILL.md"),
+            format!("---\nname: s{i}\ndescription: skill {i}\n---\n"),
+        )
+        .unwrap();
+        list.push(format!("\"skills/s{i}\""));
+    }
+    let manifest = |n: usize| {
+        format!(
+            "{{\"schema\": 1, \"image\": \"base\",\n \"skills\": [{}]}}",
+            list[..n].join(", ")
+        )
+    };
+    write_manifest(r, &manifest(MAX_SKILLS));
+    assert_eq!(load_agent(r, "a").unwrap().skills.len(), MAX_SKILLS);
+
+    write_manifest(r, &manifest(MAX_SKILLS + 1));
+    let e = err(r);
+    assert_eq!(e.file, "agents/a/bottle.json");
+    assert_eq!(e.field, "skills");
+    assert_eq!(e.at.unwrap().0, 2);
+    assert!(
+        e.problem
+            .starts_with("101 skills listed; at most 100 are allowed"),
+        "{}",
+        e.problem
+    );
+}
+
+/// A key that counts how often it is compared or hashed.
+struct Counted(u32);
+
+static OPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl PartialEq for Counted {
+    fn eq(&self, other: &Self) -> bool {
+        OPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0 == other.0
+    }
+}
+
+impl Eq for Counted {}
+
+impl std::hash::Hash for Counted {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        OPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.hash(h);
+    }
+}
+
+#[test]
+fn the_duplicate_check_does_a_bounded_amount_of_work_per_item() {
+    // Every hash and every comparison counts: a hash map hashes each item
+    // once (plus rehashing as it grows) and compares only on a hash-tag
+    // match; a scan of the earlier items would compare n²/2 times.
+    let n = 100_000u32;
+    let items: Vec<Counted> = (0..n).chain([7]).map(Counted).collect();
+    let mut seen = FirstSeen::default();
+    let mut found = None;
+    for (i, item) in items.iter().enumerate() {
+        if let Some(j) = seen.check(item, i) {
+            found = Some((j, i));
+        }
+    }
+    assert_eq!(found, Some((7, n as usize)));
+    let ops = OPS.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        ops <= 3 * items.len(),
+        "{ops} hashes and comparisons for {} items",
+        items.len()
+    );
+}
+
+#[test]
+fn a_long_env_list_loads_and_a_late_duplicate_names_the_first() {
+    // 200k names: a quadratic duplicate scan needs ~2·10¹⁰ comparisons here.
+    let d = project();
+    let n = 200_000;
+    let mut names: Vec<String> = (0..n).map(|i| format!("\"V{i}\"")).collect();
+    write_manifest(
+        d.path(),
+        &format!(
+            "{{\"schema\": 1, \"image\": \"base\", \"env\": [{}]}}",
+            names.join(",")
+        ),
+    );
+    let a = load_agent(d.path(), "a").unwrap();
+    assert_eq!(a.env.len(), n);
+    names.push("\"V3\"".into());
+    write_manifest(
+        d.path(),
+        &format!(
+            "{{\"schema\": 1, \"image\": \"base\", \"env\": [{}]}}",
+            names.join(",")
+        ),
+    );
+    let e = err(d.path());
+    assert_eq!(e.field, format!("env[{n}]"));
+    assert!(e.problem.contains("(also env[3])"), "{}", e.problem);
+fn limits_disk_is_parsed_like_memory_and_bounded() {
+    let d = project();
+    write_manifest(
+        d.path(),
+        r#"{"schema": 1, "image": "base", "limits": {"memory": "512m", "disk": "2g"}}"#,
+    );
+    let a = load_agent(d.path(), "a").unwrap();
+    assert_eq!(a.limits.disk_mib, 2048);
+    assert_eq!(a.limits.memory_mib, 512);
+    assert!(
+        a.policy(None)
+            .to_canonical_json()
+            .contains("\"disk_mib\":2048")
+    );
+
+    write_manifest(
+        d.path(),
+        r#"{"schema": 1, "image": "base", "limits": {"disk": "lots"}}"#,
+    );
+    let e = err(d.path());
+    assert_eq!(e.field, "limits.disk");
+    assert!(e.problem.contains("`lots` is not a size"), "{}", e.problem);
+
+    write_manifest(
+        d.path(),
+        r#"{"schema": 1, "image": "base", "limits": {"disk": "99999999999g"}}"#,
+    );
+    assert_eq!(err(d.path()).field, "limits.disk");
+
+    // Unset: the default, and absent from the label (old digests hold).
+    write_manifest(d.path(), r#"{"schema": 1, "image": "base"}"#);
+    let a = load_agent(d.path(), "a").unwrap();
+    assert_eq!(a.limits.disk_mib, crate::policy::DEFAULT_DISK_MIB);
+    assert!(!a.policy(None).to_canonical_json().contains("disk_mib"));
+}

@@ -135,6 +135,8 @@ fn entries(store: &BlobStore, digest: &str) -> Result<BTreeMap<String, EntryInfo
             },
         );
     }
+    // The tar reader stops at the end-of-archive marker: verify the rest.
+    ar.into_inner().into_inner().into_inner().finish()?;
     Ok(out)
 }
 

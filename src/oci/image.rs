@@ -148,6 +148,11 @@ impl BuiltImage {
     }
 }
 
+/// Most layers an image may have: Docker's layer store refuses a deeper
+/// one ("max depth exceeded", `maxLayerDepth` in moby's `layer_store.go`),
+/// so a deeper image could be locked and pushed but never run.
+pub const MAX_LAYERS: usize = 125;
+
 /// Build an image from its spec. Writes every new blob to the store and
 /// returns the digests; nothing else (no registry, no engine).
 pub fn build(spec: &ImageSpec, store: &BlobStore) -> Result<BuiltImage, OciError> {
@@ -189,6 +194,19 @@ pub fn build(spec: &ImageSpec, store: &BlobStore) -> Result<BuiltImage, OciError
         }
     };
 
+    if base_layers.len() + spec.layers.len() > MAX_LAYERS {
+        return Err(OciError::Unsupported {
+            what: "the image".into(),
+            reason: format!(
+                "it would have {} layers ({} from the base image, {} built); the engine runs \
+                 no image deeper than {MAX_LAYERS} layers: list fewer skills or use a base \
+                 image with fewer layers",
+                base_layers.len() + spec.layers.len(),
+                base_layers.len(),
+                spec.layers.len()
+            ),
+        });
+    }
     let mut layers = base_layers;
     let mut from_cache = 0;
     for l in build_layers(spec, store)? {
@@ -508,6 +526,36 @@ fn parse_config(bytes: &[u8], digest: &str) -> Result<ParsedConfig, OciError> {
 mod tests {
     use super::*;
     use crate::oci::spec::{Entry, EntryKind, FileSource, LayerSpec};
+
+    #[test]
+    fn an_image_deeper_than_the_engine_runs_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let layer = |i: usize| LayerSpec {
+            name: format!("l{i}"),
+            entries: vec![Entry {
+                path: format!("etc/l{i}"),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                kind: EntryKind::File(FileSource::Bytes(Vec::new())),
+            }],
+        };
+        let mut spec = spec_with(b"x");
+        spec.layers = (0..MAX_LAYERS).map(layer).collect();
+        assert_eq!(build(&spec, &store).unwrap().layers.len(), MAX_LAYERS);
+        spec.layers.push(layer(MAX_LAYERS));
+        let e = build(&spec, &store).unwrap_err();
+        assert_eq!(
+            crate::error::Classify::exit_kind(&e),
+            crate::error::ExitKind::BadInput
+        );
+        assert!(
+            e.to_string()
+                .contains("126 layers (0 from the base image, 126 built)"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn rfc3339_known_values() {

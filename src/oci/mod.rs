@@ -110,14 +110,31 @@ pub enum OciError {
     },
     #[error("{what}: {reason}")]
     Unsupported { what: String, reason: String },
+    #[error(
+        "blob {digest} ({what}) in the blob store at {} is corrupt: its bytes hash to {actual}; \
+         it was removed from the store, so running the command again builds or fetches it anew",
+        .store.display()
+    )]
+    CorruptBlob {
+        digest: String,
+        what: String,
+        actual: String,
+        store: PathBuf,
+    },
 }
 
 impl OciError {
+    /// An I/O error on `path`; a read that failed because the blob being
+    /// read turned out corrupt (see [`store::BlobReader`]) stays that error.
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
         source: std::io::Error,
     ) -> Self {
+        let source = match source.downcast::<OciError>() {
+            Ok(e) => return e,
+            Err(source) => source,
+        };
         OciError::Io {
             action,
             path: path.into(),
@@ -138,6 +155,7 @@ impl Classify for OciError {
             | OciError::Unsupported { .. } => ExitKind::BadInput,
             OciError::FileChanged { .. }
             | OciError::DigestMismatch { .. }
+            | OciError::CorruptBlob { .. }
             | OciError::Json { .. } => ExitKind::Failure,
         }
     }

@@ -9,6 +9,14 @@
 //! a corrupt blob under a digest name. A blob already present is never
 //! rewritten.
 //!
+//! Every read is verified: [`BlobStore::open_blob`] hands out a
+//! [`BlobReader`] that hashes as it reads and, at the blob's last byte,
+//! compares with the name; a blob that does not match (a flipped bit on
+//! disk, a hand edit) is removed, the read fails with
+//! [`OciError::CorruptBlob`], and the removal is recorded for the CLI to
+//! report ([`take_removed`]). A layer found through the layer cache is
+//! re-hashed before it is trusted, so a rebuild rebuilds a corrupt layer.
+//!
 //! Beside the layout, `cache/layers/<key>.json` maps a layer spec's content
 //! hash to the layer it produced, so an unchanged layer is not even
 //! recompressed.
@@ -19,9 +27,29 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use sha2::{Digest as _, Sha256};
+
 use super::OciError;
 use super::digest::{Sha256Writer, hex_part};
 use super::spec::Digest;
+
+/// Corrupt blobs removed by this process, in order, for the CLI to report
+/// once at the end (a library does not print; the removal happens deep in a
+/// read that may belong to any command).
+static REMOVED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The corrupt blobs this process removed from a store (one line each), and
+/// forget them.
+pub(crate) fn take_removed() -> Vec<String> {
+    REMOVED
+        .lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default()
+}
+
+/// How the temp files of the store's writers start (blobs being written,
+/// and [`write_atomic`]'s).
+pub const TEMP_PREFIX: &str = ".tmp-";
 
 /// Handle on one OCI image layout directory.
 #[derive(Debug, Clone)]
@@ -117,41 +145,45 @@ impl BlobStore {
         }
     }
 
-    /// Open a stored blob for reading.
-    pub fn open_blob(&self, digest: &str, what: &str) -> Result<File, OciError> {
+    /// Open a stored blob for reading, verified as it is read (see
+    /// [`BlobReader`]); `what` names it in errors (`layer`, `config`).
+    pub fn open_blob(&self, digest: &str, what: &str) -> Result<BlobReader, OciError> {
         let path = self.blob_path(digest)?;
-        match File::open(&path) {
-            Ok(f) => Ok(f),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(self.missing(digest, what)),
-            Err(e) => Err(OciError::io("cannot open", path, e)),
-        }
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.missing(digest, what)),
+            Err(e) => return Err(OciError::io("cannot open", path, e)),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| OciError::io("cannot stat", &path, e))?
+            .len();
+        Ok(BlobReader {
+            file,
+            hasher: Sha256::new(),
+            left: len,
+            len,
+            digest: digest.to_string(),
+            what: what.to_string(),
+            path,
+            store: self.root.clone(),
+        })
     }
 
-    /// Read a whole blob (configs, manifests, or a layer to upload).
+    /// Read a whole blob (configs, manifests), verified.
     pub fn read(&self, digest: &str, what: &str) -> Result<Vec<u8>, OciError> {
-        let path = self.blob_path(digest)?;
-        let mut bytes = Vec::new();
-        self.open_blob(digest, what)?
-            .read_to_end(&mut bytes)
+        let mut r = self.open_blob(digest, what)?;
+        let mut bytes = Vec::with_capacity(usize::try_from(r.len()).unwrap_or(0));
+        let path = r.path.clone();
+        r.read_to_end(&mut bytes)
             .map_err(|e| OciError::io("cannot read", &path, e))?;
         Ok(bytes)
     }
 
-    /// Re-hash a stored blob and compare it with its name.
+    /// Re-hash a stored blob and compare it with its name; a corrupt blob is
+    /// removed ([`OciError::CorruptBlob`]).
     pub fn verify(&self, digest: &str) -> Result<(), OciError> {
-        let path = self.blob_path(digest)?;
-        let mut file = self.open_blob(digest, "blob")?;
-        let mut w = Sha256Writer::new(io::sink());
-        io::copy(&mut file, &mut w).map_err(|e| OciError::io("cannot read", &path, e))?;
-        let (_, actual, _) = w.finish();
-        if actual != digest {
-            return Err(OciError::DigestMismatch {
-                what: format!("stored blob {}", path.display()),
-                expected: digest.to_string(),
-                actual,
-            });
-        }
-        Ok(())
+        self.open_blob(digest, "blob")?.finish()
     }
 
     /// Store bytes under their digest (no-op if present).
@@ -176,8 +208,11 @@ impl BlobStore {
     /// [`BlobWriter::commit`] succeeds.
     pub fn writer(&self) -> Result<BlobWriter, OciError> {
         let dir = self.blobs_dir();
+        // The writer's pid is in the name, so `gc` removes it only once
+        // this process is gone (a killed `lock` leaves it behind).
+        let prefix = crate::runner::owner::stamp(TEMP_PREFIX);
         let temp = tempfile::Builder::new()
-            .prefix(".tmp-")
+            .prefix(&prefix)
             .tempfile_in(&dir)
             .map_err(|e| OciError::io("cannot create a temp file in", &dir, e))?;
         let path = temp.path().to_path_buf();
@@ -188,35 +223,14 @@ impl BlobStore {
         })
     }
 
-    /// Remove `.tmp-*` files older than `min_age` that killed writers left
-    /// behind (never a blob: those have digest names). Returns how many
-    /// went. For `gc`; a live writer's temp file is younger than any sane
-    /// `min_age`.
-    pub fn remove_stale_temps(&self, min_age: std::time::Duration) -> Result<usize, OciError> {
-        let mut removed = 0;
-        for dir in [
+    /// The folders where writers of this store keep their temp files
+    /// (named [`TEMP_PREFIX`]`…`), for `gc`.
+    pub fn temp_dirs(&self) -> [PathBuf; 3] {
+        [
             self.blobs_dir(),
             self.root.join("cache").join("layers"),
             self.root.clone(),
-        ] {
-            let entries = fs::read_dir(&dir).map_err(|e| OciError::io("cannot list", &dir, e))?;
-            for entry in entries {
-                let entry = entry.map_err(|e| OciError::io("cannot list", &dir, e))?;
-                if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
-                    continue;
-                }
-                let old_enough = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age >= min_age);
-                if old_enough && fs::remove_file(entry.path()).is_ok() {
-                    removed += 1;
-                }
-            }
-        }
-        Ok(removed)
+        ]
     }
 
     fn layer_cache_path(&self, key: &str) -> PathBuf {
@@ -227,7 +241,9 @@ impl BlobStore {
     }
 
     /// The layer a spec with this content hash produced before, if its blob
-    /// is still in the store.
+    /// is still in the store and still hashes to its name (a corrupt one is
+    /// removed, so the caller builds it again). Hashing costs far less than
+    /// the compression it saves.
     pub fn cached_layer(&self, key: &str) -> Option<CachedLayer> {
         let bytes = fs::read(self.layer_cache_path(key)).ok()?;
         let cached: CachedLayer = serde_json::from_slice(&bytes).ok()?;
@@ -235,9 +251,13 @@ impl BlobStore {
             return None;
         }
         match self.size(&cached.digest) {
-            Ok(size) if size == cached.size => Some(cached),
-            _ => None,
+            Ok(size) if size == cached.size => {}
+            _ => return None,
         }
+        self.open_blob(&cached.digest, "cached layer")
+            .and_then(BlobReader::finish)
+            .ok()
+            .map(|()| cached)
     }
 
     pub fn remember_layer(&self, key: &str, layer: &CachedLayer) -> Result<(), OciError> {
@@ -281,8 +301,10 @@ impl BlobWriter {
             });
         }
         let target = dir.join(hex_part(&digest)?);
-        if target.is_file() {
-            // Present already: identical by construction; keep the old file.
+        if fs::metadata(&target).is_ok_and(|m| m.is_file() && m.len() == len) {
+            // Present already: identical by construction (a same-size
+            // corruption is caught by the next verified read); keep it. A
+            // wrong size is corrupt for sure: replace it below.
             return Ok((digest, len));
         }
         temp.as_file()
@@ -292,6 +314,100 @@ impl BlobWriter {
             .map_err(|e| OciError::io("cannot rename into", &target, e.error))?;
         crate::fsutil::sync_dir(&dir);
         Ok((digest, len))
+    }
+}
+
+/// A stored blob being read: hashed as it goes, and compared with its name
+/// when its last byte is read, before that byte is handed out. On a
+/// mismatch the blob is removed and the read fails with an `InvalidData`
+/// error carrying [`OciError::CorruptBlob`] ([`OciError::io`] unwraps it),
+/// so no consumer ever sees the whole of a corrupt blob. A consumer that
+/// may stop early (a tar reader) calls [`BlobReader::finish`].
+pub struct BlobReader {
+    file: File,
+    hasher: Sha256,
+    /// Bytes not read yet (the size when opened; blobs never change size).
+    left: u64,
+    len: u64,
+    digest: String,
+    what: String,
+    path: PathBuf,
+    store: PathBuf,
+}
+
+impl BlobReader {
+    /// The blob's size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Read what is left and verify the whole blob.
+    pub fn finish(mut self) -> Result<(), OciError> {
+        let path = self.path.clone();
+        io::copy(&mut self, &mut io::sink()).map_err(|e| OciError::io("cannot read", &path, e))?;
+        if self.len == 0 {
+            // `read` never saw a last byte: check the empty blob here.
+            return self
+                .check()
+                .map_err(|e| OciError::io("cannot read", &path, e));
+        }
+        Ok(())
+    }
+
+    fn check(&mut self) -> io::Result<()> {
+        let actual = format!(
+            "sha256:{}",
+            hex::encode(std::mem::take(&mut self.hasher).finalize())
+        );
+        if actual == self.digest {
+            return Ok(());
+        }
+        // Remove it so the next build or pull writes it anew; keep going if
+        // that fails too (the error below still names it).
+        let _ = fs::remove_file(&self.path);
+        let err = OciError::CorruptBlob {
+            digest: self.digest.clone(),
+            what: self.what.clone(),
+            actual,
+            store: self.store.clone(),
+        };
+        if let Ok(mut v) = REMOVED.lock() {
+            v.push(format!(
+                "removed corrupt blob {} ({}) from the blob store at {}",
+                self.digest,
+                self.what,
+                self.store.display()
+            ));
+        }
+        Err(io::Error::new(io::ErrorKind::InvalidData, err))
+    }
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.file.read(&mut buf[..want])?;
+        if n == 0 {
+            // Shorter than when it was opened: truncated under us.
+            self.left = 0;
+            self.check()?;
+            return Ok(0);
+        }
+        self.hasher.update(&buf[..n]);
+        self.left -= n as u64;
+        if self.left == 0 {
+            self.check()?;
+        }
+        Ok(n)
     }
 }
 
@@ -362,10 +478,72 @@ mod tests {
         let store = BlobStore::open(dir.path()).unwrap();
         let d = store.put(b"abc").unwrap();
         fs::write(store.blob_path(&d).unwrap(), b"abd").unwrap();
+        let e = store.verify(&d).unwrap_err();
+        assert!(matches!(e, OciError::CorruptBlob { .. }), "{e}");
+        assert!(!store.has(&d), "a corrupt blob stays in the store");
+    }
+
+    #[test]
+    fn every_read_is_verified_and_a_corrupt_blob_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let d = store.put(b"hello world").unwrap();
+        fs::write(store.blob_path(&d).unwrap(), b"hello_world").unwrap();
+        let e = store.read(&d, "config").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "blob {d} (config) in the blob store at {} is corrupt: its bytes hash to {}; \
+                 it was removed from the store, so running the command again builds or \
+                 fetches it anew",
+                dir.path().display(),
+                sha256_digest(b"hello_world")
+            )
+        );
+        assert!(!store.has(&d));
+        // Other tests in this process may have recorded removals too.
+        assert!(take_removed().iter().any(|l| l.contains(&d)));
+
+        // A streaming reader never hands out the last byte of a corrupt blob.
+        let d = store.put(b"0123456789").unwrap();
+        fs::write(store.blob_path(&d).unwrap(), b"0123456780").unwrap();
+        let mut r = store.open_blob(&d, "layer").unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4];
+        let err = loop {
+            match r.read(&mut buf) {
+                Ok(0) => panic!("read the whole corrupt blob: {got:?}"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(got, b"01234567");
         assert!(matches!(
-            store.verify(&d).unwrap_err(),
-            OciError::DigestMismatch { .. }
+            OciError::io("cannot read", "x", err),
+            OciError::CorruptBlob { .. }
         ));
+        assert!(!store.has(&d));
+    }
+
+    #[test]
+    fn a_corrupt_cached_layer_is_not_used_and_a_wrong_size_blob_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let d = store.put(b"layer").unwrap();
+        let entry = CachedLayer {
+            digest: d.clone(),
+            diff_id: sha256_digest(b"x"),
+            size: 5,
+        };
+        store.remember_layer("k", &entry).unwrap();
+        fs::write(store.blob_path(&d).unwrap(), b"lazer").unwrap();
+        assert_eq!(store.cached_layer("k"), None);
+        assert!(!store.has(&d));
+
+        // A truncated blob under the right name is overwritten by a put.
+        fs::write(store.blob_path(&d).unwrap(), b"lay").unwrap();
+        store.put(b"layer").unwrap();
+        assert_eq!(fs::read(store.blob_path(&d).unwrap()).unwrap(), b"layer");
     }
 
     #[test]

@@ -32,7 +32,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::acquire::{self, AcquireError, Located, Source};
-use crate::engine::{self, ContainerSpec, EngineError, EngineVersion, PullProgress};
+use crate::engine::{self, ContainerSpec, EngineError, EngineVersion, HomeMount, PullProgress};
 use crate::plan::{
     self, EnvValue, ImageFacts, PlanError, RunIdentity, RunOptions, RunPlan, SIDECAR_CONFIG_DIR,
     SidecarImage,
@@ -47,7 +47,12 @@ pub const SIDECAR_LIMITS: Limits = Limits {
     memory_mib: 256,
     cpu_millis: 1000,
     pids: 128,
+    // Its /tmp; it writes nothing else.
+    disk_mib: 64,
 };
+/// `bottle run`'s exit code when the egress sidecar stopped mid-session
+/// (killed, crashed): the agent had no way out, so the run was ended.
+pub const SIDECAR_LOST_EXIT: u8 = 4;
 const SIDECAR_READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +83,8 @@ pub enum RunError {
     Acquire(#[from] AcquireError),
     #[error("stopped by {signal}")]
     Stopped { signal: &'static str, code: u8 },
+    #[error("the egress sidecar {name} stopped mid-run ({how})")]
+    SidecarLost { name: String, how: String },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -103,7 +110,9 @@ impl crate::error::Classify for RunError {
             RunError::Acquire(e) => e.exit_kind(),
             RunError::Plan(e) => e.exit_kind(),
             RunError::Policy { .. } | RunError::DryRunNeedsLock(_) => ExitKind::BadInput,
-            RunError::Sidecar { .. } | RunError::Stopped { .. } => ExitKind::Failure,
+            RunError::Sidecar { .. } | RunError::Stopped { .. } | RunError::SidecarLost { .. } => {
+                ExitKind::Failure
+            }
             RunError::Io { .. } => ExitKind::Environment,
         }
     }
@@ -175,6 +184,7 @@ pub fn dry_run(req: &Request) -> Result<(RunPlan, String), RunError> {
         size: None,
         user: String::new(),
         home: "/home/agent".into(),
+        volumes: vec![],
     };
     let kind = plan::sidecar_kind(&policy, &req.options);
     let side = sidecar_image_unresolved(&policy, kind);
@@ -233,6 +243,7 @@ pub async fn prepare(
     let docker = engine::connect().await?;
     let version = engine::version(&docker).await?;
     engine::check_version(&version, req.allow_unpatched_engine)?;
+    let security = engine::security(&docker).await?;
     phases.mark("engine connected and checked");
 
     let store = crate::oci::BlobStore::open_default().map_err(AcquireError::from)?;
@@ -282,10 +293,11 @@ pub async fn prepare(
         size: info.size,
         user: info.user.clone(),
         home: home_of(&info.env),
+        volumes: info.volumes.clone(),
     };
     let mut options = req.options.clone();
     options.dns_mitigation = !version.patched();
-    let p = plan::plan(
+    let mut p = plan::plan(
         &policy,
         facts,
         side,
@@ -293,6 +305,7 @@ pub async fn prepare(
         &host_env_names(),
         &identity(),
     )?;
+    p.engine = Some(security);
     let sidecar_config = sidecar::config(&policy, &p)?;
     Ok(Prepared {
         docker,
@@ -322,6 +335,9 @@ pub struct Outcome {
     pub signal: Option<&'static str>,
     /// One line about what the sidecar blocked, when it blocked anything.
     pub blocked: Option<String>,
+    /// Why the run was ended early because the sidecar stopped (the code is
+    /// then [`SIDECAR_LOST_EXIT`]).
+    pub sidecar_lost: Option<String>,
     /// Teardown steps that failed (the run's result still stands).
     pub teardown_errors: Vec<EngineError>,
 }
@@ -427,15 +443,21 @@ pub async fn execute(prepared: Prepared, interactive: bool) -> Result<Outcome, R
     let teardown_errors = guard.finish(&prepared.docker).await;
     phases.mark("teardown");
     listener.abort();
+    let mut sidecar_lost = None;
     let (code, signal) = match result {
         Ok(code) => (code, None),
         Err(RunError::Stopped { signal, code }) => (code, Some(signal)),
+        Err(e @ RunError::SidecarLost { .. }) => {
+            sidecar_lost = Some(e.to_string());
+            (SIDECAR_LOST_EXIT, None)
+        }
         Err(e) => return Err(e),
     };
     Ok(Outcome {
         code,
         signal,
         blocked: blocked.lock().ok().and_then(|b| b.summary()),
+        sidecar_lost,
         teardown_errors,
     })
 }
@@ -471,7 +493,7 @@ async fn start_and_run(
     // The config also lives in a private temp dir for the run's lifetime
     // (mode 600), so an operator can read what the sidecar enforces.
     let dir = tempfile::Builder::new()
-        .prefix("bottle-run-")
+        .prefix(&owner::stamp(gc::RUN_DIR_PREFIX))
         .tempdir()
         .map_err(|source| RunError::Io {
             what: "creating the run's temp dir".into(),
@@ -502,11 +524,104 @@ async fn start_and_run(
     internal?;
     egress?;
 
-    // Sidecar: created on the internal network, joined to the egress one,
-    // config uploaded, attached (stdin is its secret channel), started.
-    let s = &plan.sidecar;
-    let builtin = s.kind == SidecarKind::Builtin;
     check(&stop)?;
+    // Registered before the sidecar that creates it: the home volume.
+    guard.run_volumes(&plan.run_id);
+    let home_volume = create_sidecar(docker, plan, sidecar_config, guard).await?;
+    phases.mark("networks + sidecar created, config uploaded");
+
+    // Agent: internal network only; secrets only in the create body. It is
+    // created once the sidecar started (so its home volume is mounted and
+    // the engine fills it with the image's home; creating runs nothing) and
+    // started only once the sidecar is ready.
+    let c = &plan.container;
+    check(&stop)?;
+    guard.agent(&c.name);
+    let spec = agent_spec(plan, home_volume, interactive);
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (ready, created) = tokio::join!(
+        start_sidecar(
+            docker,
+            plan,
+            builtin_sidecar_kind(plan),
+            blocked,
+            &stop,
+            started_tx
+        ),
+        async {
+            // No start, no agent: the sidecar's failure is the error to report.
+            match started_rx.await {
+                Ok(()) => engine::create_container(docker, &spec).await.map(|_| ()),
+                Err(_) => Ok(()),
+            }
+        },
+    );
+    ready?;
+    created?;
+    phases.mark("agent created");
+    check(&stop)?;
+    // From here on a sidecar that stops leaves the agent with no way out:
+    // say so at once and end the run.
+    let lost = watch_sidecar(docker, &plan.sidecar.name);
+    let code =
+        session::run_agent(docker, &c.name, c.tty, interactive, &mut stop, lost.rx()).await?;
+    phases.mark("agent ran");
+    Ok(code.clamp(0, 255) as u8)
+}
+
+/// The agent's create body: internal network only; secret values are read
+/// from the host here and go nowhere but this body.
+fn agent_spec(plan: &RunPlan, home_volume: String, interactive: bool) -> ContainerSpec<'_> {
+    let c = &plan.container;
+    let mut env = Vec::new();
+    for e in &c.env {
+        match &e.value {
+            EnvValue::Fixed(v) => env.push(format!("{}={}", e.name, v)),
+            EnvValue::Host { from, .. } => {
+                if let Ok(v) = std::env::var(from) {
+                    env.push(format!("{}={}", e.name, v));
+                }
+            }
+        }
+    }
+    ContainerSpec {
+        name: &c.name,
+        image: &plan.image.reference,
+        user: &c.user,
+        env,
+        cmd: c.command.clone(),
+        tty: c.tty,
+        stdin: interactive,
+        labels: &c.labels,
+        network: &plan.networks.internal,
+        limits: plan.limits,
+        dns: c.dns.clone(),
+        volumes: vec![],
+        image_volumes: plan.image.volumes.clone(),
+        home: Some(HomeMount::Use {
+            volume: home_volume,
+            target: c.home.clone(),
+        }),
+        workspace: c.workspace.as_deref(),
+    }
+}
+
+fn builtin_sidecar_kind(plan: &RunPlan) -> bool {
+    plan.sidecar.kind == SidecarKind::Builtin
+}
+
+/// Create the sidecar on the internal network, join it to the egress one,
+/// upload its config; it holds the agent's home volume. Returns that
+/// volume's name.
+async fn create_sidecar(
+    docker: &Docker,
+    plan: &RunPlan,
+    sidecar_config: &str,
+    guard: &mut Teardown,
+) -> Result<String, RunError> {
+    let s = &plan.sidecar;
+    let net = &plan.networks;
+    let home_labels = plan.labels_for("home");
     guard.sidecar(&s.name);
     engine::create_container(
         docker,
@@ -517,12 +632,18 @@ async fn start_and_run(
             env: vec![],
             cmd: sidecar::command(plan),
             tty: false,
-            stdin: builtin,
+            stdin: builtin_sidecar_kind(plan),
             labels: &s.labels,
             network: &net.internal,
             limits: SIDECAR_LIMITS,
             dns: vec![],
             volumes: vec![SIDECAR_CONFIG_DIR.into()],
+            image_volumes: vec![],
+            home: Some(HomeMount::Hold {
+                size_mib: plan.limits.disk_mib,
+                owner: numeric_user(&plan.container.user),
+                labels: &home_labels,
+            }),
             workspace: None,
         },
     )
@@ -543,51 +664,60 @@ async fn start_and_run(
         owner,
     )
     .await?;
-    phases.mark("networks + sidecar created, config uploaded");
+    Ok(engine::volume_at(docker, &s.name, engine::HOME_HOLD_PATH).await?)
+}
 
-    // Agent: internal network only; secrets only in the create body. It is
-    // created while the sidecar starts (creating runs nothing) and started
-    // only once the sidecar is ready.
-    let c = &plan.container;
-    let mut env = Vec::new();
-    for e in &c.env {
-        match &e.value {
-            EnvValue::Fixed(v) => env.push(format!("{}={}", e.name, v)),
-            EnvValue::Host { from, .. } => {
-                if let Ok(v) = std::env::var(from) {
-                    env.push(format!("{}={}", e.name, v));
-                }
-            }
-        }
+/// `uid:gid` when both are numbers (a name only the image could resolve).
+fn numeric_user(user: &str) -> Option<(u64, u64)> {
+    let (u, g) = user.split_once(':').unwrap_or((user, user));
+    Some((u.parse().ok()?, g.parse().ok()?))
+}
+
+/// Set once the sidecar stopped mid-session: (its name, how it stopped).
+pub type LostRx = tokio::sync::watch::Receiver<Option<(String, String)>>;
+
+/// Watches the sidecar through the engine's wait API; set once it stopped.
+struct SidecarWatch {
+    rx: LostRx,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SidecarWatch {
+    fn rx(&self) -> LostRx {
+        self.rx.clone()
     }
-    check(&stop)?;
-    guard.agent(&c.name);
-    let spec = ContainerSpec {
-        name: &c.name,
-        image: &plan.image.reference,
-        user: &c.user,
-        env,
-        cmd: c.command.clone(),
-        tty: c.tty,
-        stdin: interactive,
-        labels: &c.labels,
-        network: &net.internal,
-        limits: plan.limits,
-        dns: c.dns.clone(),
-        volumes: vec![c.home.clone()],
-        workspace: c.workspace.as_deref(),
-    };
-    let (ready, created) = tokio::join!(
-        start_sidecar(docker, plan, builtin, blocked, &stop),
-        engine::create_container(docker, &spec),
-    );
-    ready?;
-    created?;
-    phases.mark("agent created");
-    check(&stop)?;
-    let code = session::run_agent(docker, &c.name, c.tty, interactive, &mut stop).await?;
-    phases.mark("agent ran");
-    Ok(code.clamp(0, 255) as u8)
+}
+
+impl Drop for SidecarWatch {
+    fn drop(&mut self) {
+        // The teardown stops the sidecar on purpose; that is no news.
+        self.task.abort();
+    }
+}
+
+fn watch_sidecar(docker: &Docker, name: &str) -> SidecarWatch {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let docker = docker.clone();
+    let name = name.to_string();
+    let task = tokio::spawn(async move {
+        // An error here (the engine connection broke) proves nothing about
+        // the sidecar: stay silent rather than end a healthy run.
+        if let Ok(code) = session::wait_exit(&docker, &name).await {
+            let how = format!("exit code {code}");
+            // The terminal may be in raw mode (an interactive session):
+            // carriage returns keep the line readable there.
+            let cr = if session::is_tty(libc::STDERR_FILENO) {
+                "\r"
+            } else {
+                ""
+            };
+            eprint!(
+                "{cr}\nbottle: the egress sidecar {name} stopped ({how}); the agent has no way out, ending the run{cr}\n"
+            );
+            let _ = tx.send(Some((name, how)));
+        }
+    });
+    SidecarWatch { rx, task }
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
@@ -616,6 +746,7 @@ async fn start_sidecar(
     builtin: bool,
     blocked: Arc<Mutex<sidecar::BlockedLog>>,
     stop: &StopRx,
+    started: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), RunError> {
     let name = &plan.sidecar.name;
     let attached = engine::attach(docker, name, builtin, true).await?;
@@ -655,6 +786,7 @@ async fn start_sidecar(
     });
 
     engine::start_container(docker, name).await?;
+    let _ = started.send(());
     if builtin {
         // No credentials are injected at the proxy yet; closing stdin tells
         // the sidecar its secret channel is done.

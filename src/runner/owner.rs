@@ -1,5 +1,11 @@
 //! Who owns a run: this process's pid, its start time (so a recycled pid is
 //! not mistaken for a live owner) and the host name; plus per-run slugs.
+//!
+//! The same owner is stamped into the names of the temp files and dirs
+//! bottle leaves while it works (`<base><pid>-<start>-<host>-<random>`: a
+//! run's `$TMPDIR/bottle-run-*`, a blob or download being written), so `gc`
+//! can tell a dead writer's leftovers from a live one's by the owner, never
+//! by age.
 
 use std::io::Read;
 
@@ -43,6 +49,54 @@ pub fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
+/// A temp name prefix carrying this process as owner:
+/// `<base><pid>-<start>-<host>-` (the host as eight hex digits of its
+/// name's SHA-256, so a cache shared over NFS never mistakes another
+/// machine's live writer for a dead one of ours).
+pub fn stamp(base: &str) -> String {
+    stamp_for(base, std::process::id(), self_start())
+}
+
+/// [`stamp`] for another process of this host (tests make a dead one's).
+pub fn stamp_for(base: &str, pid: u32, start: u64) -> String {
+    format!("{base}{pid}-{start}-{}-", host_tag(&hostname()))
+}
+
+/// The owner stamped into `name` after `base`, if it carries one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub pid: u32,
+    pub start: u64,
+    host: u32,
+}
+
+impl Stamp {
+    /// Read the owner from a name made with [`stamp`]`(base)`.
+    pub fn parse(name: &str, base: &str) -> Option<Stamp> {
+        let mut parts = name.strip_prefix(base)?.splitn(4, '-');
+        let pid = parts.next()?.parse().ok()?;
+        let start = parts.next()?.parse().ok()?;
+        let host = parts.next().filter(|h| h.len() == 8)?;
+        let host = u32::from_str_radix(host, 16).ok()?;
+        parts.next()?;
+        Some(Stamp { pid, start, host })
+    }
+
+    /// Is the owner still running? A stamp from another host counts as
+    /// alive (we cannot know).
+    pub fn alive(&self) -> bool {
+        if format!("{:08x}", self.host) != host_tag(&hostname()) {
+            return true;
+        }
+        owner_alive(Some(self.pid), Some(self.start), None)
+    }
+}
+
+fn host_tag(host: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(&sha2::Sha256::digest(host.as_bytes())[..4])
+}
+
 /// Eight random hex digits (from the kernel's CSPRNG) that name one run.
 pub fn slug() -> String {
     let mut b = [0u8; 4];
@@ -81,5 +135,24 @@ mod tests {
         ));
         assert_ne!(slug(), slug());
         assert_eq!(slug().len(), 8);
+    }
+
+    #[test]
+    fn a_stamped_name_names_its_owner() {
+        let name = format!("{}Ab3xYz", stamp(".tmp-"));
+        let s = Stamp::parse(&name, ".tmp-").unwrap();
+        assert_eq!((s.pid, s.start), (std::process::id(), self_start()));
+        assert!(s.alive());
+        // The same pid with another start time: the owner is gone.
+        let recycled = name.replacen(
+            &format!("-{}-", self_start()),
+            &format!("-{}-", self_start() + 1),
+            1,
+        );
+        assert!(!Stamp::parse(&recycled, ".tmp-").unwrap().alive());
+        // Names without a stamp (older bottles, other tools) have no owner.
+        assert_eq!(Stamp::parse(".tmp-Ab3xYz", ".tmp-"), None);
+        assert_eq!(Stamp::parse("bottle-run-x1y2", "bottle-run-"), None);
+        assert_eq!(Stamp::parse(&name, "bottle-run-"), None);
     }
 }

@@ -87,6 +87,7 @@ pub async fn run_agent(
     tty: bool,
     interactive: bool,
     stop: &mut super::StopRx,
+    mut sidecar_lost: super::LostRx,
 ) -> Result<i64, super::RunError> {
     let attached = engine::attach(docker, name, interactive, false).await?;
     let mut output = attached.output;
@@ -169,6 +170,7 @@ pub async fn run_agent(
     let code = tokio::select! {
         code = wait_exit(docker, name) => code,
         (signal, code) = super::stopped(stop) => Err(super::RunError::Stopped { signal, code }),
+        (name, how) = lost(&mut sidecar_lost) => Err(super::RunError::SidecarLost { name, how }),
     };
     if code.is_err() {
         if let Some(r) = &resizer {
@@ -190,6 +192,19 @@ pub async fn run_agent(
         s.abort();
     }
     Ok(code)
+}
+
+/// Resolves once the sidecar watch reports the sidecar stopped: (its
+/// name, how it stopped).
+async fn lost(rx: &mut super::LostRx) -> (String, String) {
+    loop {
+        if let Some(how) = rx.borrow_and_update().clone() {
+            return how;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Wait until the container stops; its exit code.

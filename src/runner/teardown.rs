@@ -1,8 +1,10 @@
 //! The teardown guard: remembers what a run created (registered BEFORE each
 //! create call, since a cancelled call may still have created the object)
-//! and removes it in the one safe order: agent, sidecar, networks, temp
-//! files. Runs from the normal path (`finish`), and from `Drop` on a panic or
-//! an early return, on a fresh thread with its own runtime and engine client.
+//! and removes it in the one safe order: agent, sidecar, networks, the
+//! run's labeled volumes (the home volume normally dies with the sidecar;
+//! this catches one whose sidecar someone removed by hand), temp files.
+//! Runs from the normal path (`finish`), and from `Drop` on a panic or an
+//! early return, on a fresh thread with its own runtime and engine client.
 
 use std::time::Duration;
 
@@ -16,6 +18,8 @@ pub struct Teardown {
     agent: Option<String>,
     sidecar: Option<String>,
     networks: Vec<String>,
+    /// Run id whose labeled volumes are removed last.
+    run_volumes: Option<String>,
     tempdir: Option<TempDir>,
     done: bool,
 }
@@ -35,6 +39,10 @@ impl Teardown {
 
     pub fn network(&mut self, name: &str) {
         self.networks.push(name.to_string());
+    }
+
+    pub fn run_volumes(&mut self, run_id: &str) {
+        self.run_volumes = Some(run_id.to_string());
     }
 
     pub fn tempdir(&mut self, dir: TempDir) {
@@ -58,6 +66,7 @@ impl Teardown {
                 .flatten()
                 .collect(),
             networks: std::mem::take(&mut self.networks),
+            run_volumes: self.run_volumes.take(),
             tempdir: self.tempdir.take(),
         }
     }
@@ -66,6 +75,7 @@ impl Teardown {
 struct Steps {
     containers: Vec<String>,
     networks: Vec<String>,
+    run_volumes: Option<String>,
     tempdir: Option<TempDir>,
 }
 
@@ -91,6 +101,11 @@ async fn run(docker: &Docker, steps: Steps, errors: &mut Vec<EngineError>) {
     }))
     .await;
     errors.extend(results.into_iter().flatten());
+    if let Some(run) = &steps.run_volumes {
+        if let Err(e) = engine::remove_run_volumes(docker, run).await {
+            errors.push(e);
+        }
+    }
     drop(steps.tempdir);
 }
 

@@ -18,7 +18,8 @@ use bollard::models::{
     ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, ListContainersOptions, ListNetworksOptions, RemoveContainerOptions,
+    CreateContainerOptions, ListContainersOptions, ListNetworksOptions, ListVolumesOptions,
+    RemoveContainerOptions,
 };
 use bottle::oci::spec::{Base, ConfigSpec, Entry, EntryKind, FileSource, ImageSpec, LayerSpec};
 use bottle::oci::{BlobStore, build};
@@ -65,6 +66,9 @@ pub async fn fixture(agent: &str, allow: &[&str]) -> Option<Fixture> {
             memory_mib: 256,
             cpu_millis: 1000,
             pids: 128,
+            // Well below memory, so writing past it fails with "no space"
+            // before the memory limit (which tmpfs pages count against).
+            disk_mib: 64,
         },
     };
     let image = build(&agent_spec(&policy), &store).unwrap();
@@ -104,6 +108,12 @@ pub fn agent_spec(policy: &Policy) -> ImageSpec {
         ),
         e("home", 0o755, 0, EntryKind::Dir),
         e("home/agent", 0o755, 1000, EntryKind::Dir),
+        e(
+            "home/agent/.from-image",
+            0o644,
+            1000,
+            EntryKind::File(FileSource::Bytes(b"home-from-image\n".to_vec())),
+        ),
         e("tmp", 0o1777, 0, EntryKind::Dir),
         e("www", 0o755, 0, EntryKind::Dir),
         e(
@@ -137,6 +147,9 @@ pub fn agent_spec(policy: &Policy) -> ImageSpec {
         "mount",
         "sed",
         "sha256sum",
+        "dd",
+        "df",
+        "stat",
     ] {
         entries.push(e(
             &format!("bin/{applet}"),
@@ -254,7 +267,7 @@ impl Drop for Spawned {
     }
 }
 
-/// Names of containers and networks carrying the runner's label whose agent
+/// Names of containers, networks and volumes carrying the runner's label whose agent
 /// label is `agent` (each test uses its own agent name, so parallel tests do
 /// not see each other).
 pub async fn leftovers(docker: &Docker, agent: &str) -> Vec<String> {
@@ -277,12 +290,24 @@ pub async fn leftovers(docker: &Docker, agent: &str) -> Vec<String> {
     }
     for n in docker
         .list_networks(Some(ListNetworksOptions {
-            filters: Some(filters),
+            filters: Some(filters.clone()),
         }))
         .await
         .unwrap()
     {
         out.push(format!("network {}", n.name.unwrap_or_default()));
+    }
+    for v in docker
+        .list_volumes(Some(ListVolumesOptions {
+            filters: Some(filters),
+        }))
+        .await
+        .unwrap()
+        .volumes
+        .unwrap_or_default()
+    {
+        let run = v.labels.get(RUN_LABEL).cloned().unwrap_or_default();
+        out.push(format!("volume {} of {run}", v.name));
     }
     out
 }
@@ -304,7 +329,7 @@ pub async fn wait_for(
     }
 }
 
-/// Removes every object labeled for `agent` on drop (a failing test must
+/// Removes every container, network and volume labeled for `agent` on drop (a failing test must
 /// not leave anything behind).
 pub struct Cleanup {
     pub agent: String,
@@ -355,7 +380,7 @@ impl Drop for Cleanup {
                 }
                 let ns = docker
                     .list_networks(Some(ListNetworksOptions {
-                        filters: Some(filters),
+                        filters: Some(filters.clone()),
                     }))
                     .await
                     .unwrap_or_default();
@@ -363,6 +388,21 @@ impl Drop for Cleanup {
                 nets.extend(networks);
                 for n in nets {
                     let _ = docker.remove_network(&n).await;
+                }
+                let vs = docker
+                    .list_volumes(Some(ListVolumesOptions {
+                        filters: Some(filters),
+                    }))
+                    .await
+                    .map(|l| l.volumes.unwrap_or_default())
+                    .unwrap_or_default();
+                for v in vs {
+                    let _ = docker
+                        .remove_volume(
+                            &v.name,
+                            None::<bollard::query_parameters::RemoveVolumeOptions>,
+                        )
+                        .await;
                 }
             });
         })
@@ -538,6 +578,68 @@ pub async fn sidecar_image(fx: &Fixture) -> String {
         fx.reg.localhost(),
         image.manifest_digest
     )
+}
+
+/// Build `spec` and push it to the fixture's registry as `repo`; returns
+/// `<registry>/<repo>@sha256:…` for `bottle run`.
+pub async fn push_spec(fx: &Fixture, repo: &str, spec: &ImageSpec) -> String {
+    let cache = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(cache.path()).unwrap();
+    let image = build(spec, &store).unwrap();
+    RegistryClient::new(&fx.reg.host())
+        .unwrap()
+        .push(repo, None, &image, &store, &Progress::hidden())
+        .await
+        .unwrap();
+    format!("{}/{repo}@{}", fx.reg.localhost(), image.manifest_digest)
+}
+
+/// A name this machine's own configuration says it resolves, read at run
+/// time (never written into the code): the host of the first URI in the
+/// package sources (`/etc/apt/sources.list.d/*.sources` `URIs:` lines, then
+/// `deb` lines of `/etc/apt/sources.list`), else the first `search` domain
+/// of `/etc/resolv.conf`. `None` when the machine names none.
+pub fn host_resolvable_name() -> Option<String> {
+    let mut texts = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut paths: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for p in paths {
+            if let Ok(t) = std::fs::read_to_string(&p) {
+                texts.push(t);
+            }
+        }
+    }
+    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
+        texts.push(t);
+    }
+    let uri_host = |uri: &str| -> Option<String> {
+        let rest = uri.split_once("://")?.1;
+        let host = rest.split(['/', ':']).next()?;
+        (!host.is_empty() && host.contains('.') && host.parse::<std::net::IpAddr>().is_err())
+            .then(|| host.to_string())
+    };
+    for t in &texts {
+        for line in t.lines().map(str::trim) {
+            let uris = if let Some(u) = line.strip_prefix("URIs:") {
+                u
+            } else if line.starts_with("deb ") || line.starts_with("deb-src ") {
+                line
+            } else {
+                continue;
+            };
+            if let Some(h) = uris.split_whitespace().find_map(uri_host) {
+                return Some(h);
+            }
+        }
+    }
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    resolv.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("search")?;
+        rest.split_whitespace()
+            .find(|d| d.contains('.'))
+            .map(str::to_string)
+    })
 }
 
 /// A project root with only a lockfile (no registry, no engine needed):
