@@ -13,6 +13,10 @@
 //!   tunnels, each doing 32-byte request/response round trips
 //! - `setup PROXY TARGET CERT CONCURRENCY SECONDS`: each request is a new
 //!   tunnel (CONNECT, TLS handshake, one round trip, close)
+//! - `serial CERT SECONDS NAME=PROXY,TARGET…`: one new tunnel at a time (as
+//!   `setup` with one worker), taking the routes in turn request by request
+//!   so that load drift on a shared machine hits every route alike; one JSON
+//!   line per route, with its NAME
 //! - `idle PROXY TARGET CERT TUNNELS PID` (sums VmRSS over PID's process tree
 //!   while TUNNELS TLS tunnels are open and idle)
 //!
@@ -39,6 +43,7 @@ async fn main() -> Res<()> {
         "throughput" => throughput(&a(1), &a(2), a(3).parse()?).await,
         "latency" => latency(&a(1), &a(2), &a(3), a(4).parse()?, a(5).parse()?).await,
         "setup" => setup(&a(1), &a(2), &a(3), a(4).parse()?, a(5).parse()?).await,
+        "serial" => serial(&a(1), a(2).parse()?, &args[3.min(args.len())..]).await,
         "idle" => idle(&a(1), &a(2), &a(3), a(4).parse()?, a(5).parse()?).await,
         other => Err(format!("unknown command `{other}`").into()),
     }
@@ -175,6 +180,8 @@ async fn one_request(tls: &tokio_rustls::TlsConnector, proxy: &str, target: &str
     let mut t = tls.connect(name, s).await?;
     let msg = [7u8; 32];
     t.write_all(&msg).await?;
+    // tokio-rustls may keep a record buffered until flushed.
+    t.flush().await?;
     let mut back = [0u8; 32];
     t.read_exact(&mut back).await?;
     if back != msg {
@@ -245,6 +252,43 @@ async fn setup(proxy: &str, target: &str, cert: &str, conc: usize, secs: u64) ->
         }));
     }
     report(tasks, secs).await
+}
+
+async fn serial(cert: &str, secs: u64, routes: &[String]) -> Res<()> {
+    let tls = tls_connector(cert)?;
+    let mut parsed = Vec::new();
+    for r in routes {
+        let (name, rest) = r.split_once('=').ok_or("route is NAME=PROXY,TARGET")?;
+        let (proxy, target) = rest.split_once(',').ok_or("route is NAME=PROXY,TARGET")?;
+        parsed.push((name, proxy, target, Vec::<u64>::new(), 0u64));
+    }
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        for (_, proxy, target, lat, errors) in parsed.iter_mut() {
+            let t = Instant::now();
+            let r = tokio::time::timeout(Duration::from_secs(2), one_request(&tls, proxy, target));
+            match r.await {
+                Ok(Ok(())) => lat.push(t.elapsed().as_micros() as u64),
+                _ => *errors += 1,
+            }
+        }
+    }
+    for (name, _, _, mut lat, errors) in parsed {
+        lat.sort_unstable();
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        println!(
+            "{}",
+            serde_json::json!({
+                "name": name, "requests": lat.len(), "errors": errors,
+                "p50_us": pct(0.50), "p99_us": pct(0.99),
+            })
+        );
+    }
+    Ok(())
 }
 
 async fn report(tasks: Vec<tokio::task::JoinHandle<(Vec<u64>, u64)>>, secs: u64) -> Res<()> {

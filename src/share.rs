@@ -1,6 +1,8 @@
-//! Sharing a locked bottle between machines by digest: copy it to another
+//! Sharing a locked bottle between machines by digest: copy it to a
 //! registry (`push`), write it to one archive file (`export`), and load such
-//! a file into a registry (`import`).
+//! a file into the local store and, when one is named, a registry
+//! (`import`). The image comes through `acquire` (store, registry, or
+//! realized from the lockfile).
 //!
 //! Invariants: the manifest bytes travel unchanged, so the digest on the
 //! other side is the digest that was locked; nothing is taken by tag; every

@@ -94,18 +94,25 @@ fn cases() -> Vec<(&'static str, Setup, &'static [&'static str])> {
         ),
         (
             "wrong fetched hash (recipe)",
-            |p| p.edit_json(R, |v| v["fetch"][0]["sha256"] = json!("0".repeat(64))),
+            |p| {
+                p.edit_json(R, |v| {
+                    v["fetch"] = json!([{"url": "file:///bin/busybox", "sha256": "0".repeat(64), "dest": "/usr/bin/bb", "mode": "0755"}])
+                })
+            },
             &[R, "fetch[0].sha256", "file:///bin/busybox", "0000000000"],
         ),
         (
             "wrong fetched hash (lockfile pin)",
             |p| {
+                p.edit_json(R, |v| {
+                    v["fetch"] = json!([{"url": "file:///bin/busybox", "dest": "/usr/bin/bb", "mode": "0755"}])
+                });
                 p.edit_json(L, |v| {
-                    for i in v["inputs"].as_array_mut().unwrap() {
-                        if i["name"] == "fetch:/bin/busybox" {
-                            i["hash"] = json!(format!("sha256:{}", "1".repeat(64)));
-                        }
-                    }
+                    v["inputs"].as_array_mut().unwrap().push(json!({
+                        "name": "fetch:/usr/bin/bb",
+                        "url": "file:///bin/busybox",
+                        "hash": format!("sha256:{}", "1".repeat(64)),
+                    }))
                 })
             },
             &[L, "file:///bin/busybox", "1111111111"],
@@ -192,13 +199,31 @@ fn cases() -> Vec<(&'static str, Setup, &'static [&'static str])> {
         ),
         (
             "bad fetch URL",
-            |p| p.edit_json(R, |v| v["fetch"][0]["url"] = json!("ftp://example.com/x")),
+            |p| {
+                p.edit_json(R, |v| {
+                    v["fetch"] = json!([{"url": "ftp://example.com/x", "dest": "/usr/bin/x"}])
+                })
+            },
             &[R, "fetch[0].url"],
         ),
         (
             "bad fetch mode",
-            |p| p.edit_json(R, |v| v["fetch"][0]["mode"] = json!("rwx")),
+            |p| {
+                p.edit_json(R, |v| {
+                    v["fetch"] = json!([{"url": "file:///bin/busybox", "dest": "/usr/bin/x", "mode": "rwx"}])
+                })
+            },
             &[R, "fetch[0].mode"],
+        ),
+        (
+            "bad Debian package name",
+            |p| p.edit_json(R, |v| v["packages"]["include"][0] = json!("Busybox Static")),
+            &[R, "packages.include[0]", "Busybox Static"],
+        ),
+        (
+            "Debian packages on a pulled base",
+            |p| p.edit_json(R, |v| v["from"] = json!("debian:bookworm-slim")),
+            &[R, "packages", "scratch"],
         ),
         (
             "unknown sidecar",

@@ -95,7 +95,7 @@ fn tampered_digest_fails_and_names_what_differs() {
     let problems = r["problems"].to_string();
     assert!(problems.contains("manifest digest"), "{problems}");
     assert!(
-        problems.contains("layer 1 `skill:greet` differs"),
+        problems.contains("layer 3 `skill:greet` differs"),
         "{problems}"
     );
     assert!(!problems.contains("`config` differs"), "{problems}");

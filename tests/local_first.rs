@@ -109,6 +109,9 @@ fn lock_offline_never_touches_the_registry() {
     }
     let (addr, seen) = recorder();
     let p = Project::new(&["hello"], Variation::default());
+    // Warm the download cache online (no registry): offline needs it.
+    let warm = p.bottle(&["lock", "hello"], NONE, &[]);
+    assert_eq!(warm.code, 0, "{warm:?}");
     p.write("agents/hello/prompt.md", "offline\n");
     // A rebuild (the prompt changed) and then a no-op, both offline.
     let out = p.bottle(&["lock", "--offline", "hello"], Some(&addr), &[]);
@@ -279,17 +282,14 @@ async fn run_gets_the_locked_digest_by_the_cheapest_sound_path() {
     // One pin changed by hand: exit 1 naming that input, nothing started.
     remove_image(&docker, &tag).await;
     std::fs::remove_dir_all(p.cache.path().join("oci")).unwrap();
+    // (hello's busybox is a Debian package pin since its base is built
+    // from packages.)
     p.edit_json(&format!("lockfiles/{agent}.lock.json"), |v| {
-        let inputs = v["inputs"].as_array_mut().unwrap();
-        let pin = inputs
-            .iter_mut()
-            .find(|i| i["name"] == "fetch:/bin/busybox")
-            .unwrap();
-        pin["hash"] = format!("sha256:{}", "0".repeat(64)).into();
+        v["packages"]["packages"][0]["sha256"] = "0".repeat(64).into();
     });
     let o = p.bottle(&["run", "--yes", &agent, "--", "true"], NONE, &unpatched);
     assert_eq!(o.code, 1, "{o:?}");
-    assert!(o.stderr.contains("input `fetch:/bin/busybox`"), "{o:?}");
+    assert!(o.stderr.contains("input `packages`"), "{o:?}");
     assert!(o.stdout.is_empty(), "{o:?}");
     assert!(
         docker.inspect_image(&tag).await.is_err(),
@@ -315,18 +315,24 @@ fn slow_registry(manifest: Vec<u8>) -> String {
                 if path.contains("/manifests/") {
                     let _ = write!(
                         s,
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n",
+                        "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n",
                         manifest.len()
                     );
                     let _ = s.write_all(&manifest);
                 } else if path.contains("/blobs/") {
-                    let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n");
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 100000000\r\n\r\n"
+                    );
                     let deadline = Instant::now() + Duration::from_secs(60);
                     while Instant::now() < deadline && s.write_all(&[0u8; 1024]).is_ok() {
                         std::thread::sleep(Duration::from_millis(20));
                     }
                 } else {
-                    let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{{}}");
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{{}}"
+                    );
                 }
             });
         }
@@ -371,7 +377,11 @@ fn sigint_during_a_pull_stops_with_a_message_and_leaves_nothing() {
     while temps().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!temps().is_empty(), "the pull never started");
+    assert!(
+        !temps().is_empty(),
+        "the pull never started: {}",
+        std::fs::read_to_string(&errf).unwrap_or_default()
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
@@ -380,4 +390,115 @@ fn sigint_during_a_pull_stops_with_a_message_and_leaves_nothing() {
     assert!(err.contains("stopped by SIGINT"), "{err}");
     assert!(temps().is_empty(), "partial download left: {:?}", temps());
     assert!(!file.exists());
+}
+
+#[test]
+fn export_and_import_work_from_the_local_store_without_a_registry() {
+    if !common::require_busybox() {
+        return;
+    }
+    let p = Project::new(&["hello"], Variation::default());
+    let digest = lock_json(&p, "hello")["image"]["manifest_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("hello.tar");
+    let file_s = file.to_str().unwrap();
+    // Empty store, no registry: export realizes the image from the lockfile.
+    let e = p.bottle(&["export", "hello", "-o", file_s], NONE, &[]);
+    assert_eq!(e.code, 0, "{e:?}");
+    assert!(e.stdout.starts_with(&digest), "{e:?}");
+    // Import into another machine's empty store: kept there, no registry.
+    let other = Project::new(&[], Variation::default());
+    let i = other.bottle(&["import", file_s], NONE, &[]);
+    assert_eq!(i.code, 0, "{i:?}");
+    assert_eq!(i.stdout.trim(), format!("hello@{digest}"), "{i:?}");
+    let hex = digest.trim_start_matches("sha256:");
+    assert!(
+        other
+            .cache
+            .path()
+            .join("oci/blobs/sha256")
+            .join(hex)
+            .is_file()
+    );
+    // And export from that store by digest, with no lockfile at all.
+    let again = out.path().join("again.tar");
+    let x = other.bottle(
+        &[
+            "export",
+            &format!("hello@{digest}"),
+            "-o",
+            again.to_str().unwrap(),
+        ],
+        NONE,
+        &[],
+    );
+    assert_eq!(x.code, 0, "{x:?}");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(&again).unwrap()
+    );
+    // A digest nothing has, with nowhere to get it: exit 3 saying what to do.
+    let none = format!("hello@sha256:{}", "0".repeat(64));
+    let n = other.bottle(&["export", &none, "-o", again.to_str().unwrap()], NONE, &[]);
+    assert_eq!(n.code, 3, "{n:?}");
+    assert!(n.stderr.contains("--registry"), "{n:?}");
+}
+
+#[tokio::test]
+async fn a_fresh_copy_runs_hello_at_its_committed_digest() {
+    if !common::require_busybox() {
+        return;
+    }
+    let Some(docker) = common::require_docker().await else {
+        return;
+    };
+    let p = Project::new(&["hello"], Variation::default());
+    let lock = lock_json(&p, "hello");
+    let digest = lock["image"]["manifest_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let config = lock["image"]["config_digest"].as_str().unwrap().to_string();
+    let tag = format!(
+        "bottle/hello:sha256-{}",
+        digest.trim_start_matches("sha256:")
+    );
+    let had_tag = docker.inspect_image(&tag).await.is_ok();
+    let o = p.bottle(
+        &[
+            "run",
+            "--yes",
+            "hello",
+            "--",
+            "cat",
+            "/home/agent/.bottle/prompt.md",
+        ],
+        NONE,
+        &[("BOTTLE_ALLOW_UNPATCHED_ENGINE", "1")],
+    );
+    // Other tests may hold the same image, so any path is fine here; the
+    // image the engine ran has the locked config digest either way.
+    let ran_id = docker.inspect_image(&config).await.map(|i| i.id);
+    if !had_tag {
+        // Only our own tag, never by force: others may use the image.
+        let _ = docker
+            .remove_image(
+                &tag,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await;
+    }
+    assert_eq!(o.code, 0, "{o:?}");
+    let prompt = String::from_utf8(p.read("agents/hello/prompt.md")).unwrap();
+    assert!(o.stdout.contains(prompt.trim()), "{o:?}");
+    assert!(o.stderr.contains(&digest[..19]), "{o:?}");
+    assert!(
+        o.stderr.contains("image: "),
+        "the preflight says how: {o:?}"
+    );
+    assert_eq!(ran_id.unwrap().as_deref(), Some(config.as_str()));
 }

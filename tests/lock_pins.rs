@@ -14,10 +14,7 @@ use serde_json::json;
 fn with_tool(p: &Project, tool: &std::path::Path) {
     std::fs::write(tool, b"#!/bin/sh\necho v1\n").unwrap();
     p.edit_json("images/busybox.json", |v| {
-        v["fetch"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"url": format!("file://{}", tool.display()), "dest": "/bin/tool", "mode": "0755"}));
+        v["fetch"] = json!([{"url": format!("file://{}", tool.display()), "dest": "/bin/tool", "mode": "0755"}]);
     });
     std::fs::remove_file(p.path("lockfiles/hello.lock.json")).unwrap();
 }

@@ -111,6 +111,16 @@ fn image_path(raw: &str) -> Result<Option<String>, String> {
     Ok(Some(parts.join("/")))
 }
 
+/// `bin/x` → `usr/bin/x` (likewise the other [`MERGED`] folders): where a
+/// path of a recipe lands in a merged-/usr image, so it never shadows the
+/// `bin` → `usr/bin` link with a folder.
+pub(crate) fn merged_usr(path: &str) -> String {
+    match path.split_once('/') {
+        Some((top, _)) if MERGED.contains(&top) => format!("usr/{path}"),
+        _ => path.to_string(),
+    }
+}
+
 /// Absolute, lexically normalized form of `target` seen from `dir`
 /// (an original, not yet merged, folder of the package).
 fn absolute(dir: &str, target: &str) -> Option<String> {

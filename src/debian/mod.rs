@@ -26,6 +26,11 @@ pub(crate) mod version;
 
 pub use archive::{layers, pin};
 
+/// Where a recipe path lands in a merged-/usr Debian base.
+pub fn merged_usr(path: &str) -> String {
+    deb::merged_usr(path)
+}
+
 use crate::error::{Classify, ExitKind};
 
 #[derive(Debug, thiserror::Error)]

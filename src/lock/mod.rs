@@ -254,6 +254,16 @@ async fn resolve_pins(
         });
     }
 
+    // Debian packages (see `crate::debian`).
+    let packages = match &agent.recipe.packages {
+        Some(p) => {
+            let old = old.and_then(|o| o.packages.as_ref());
+            let pins = crate::debian::pin(p, &platform, old, update, &cache, ctx.offline, notes);
+            Some(pins.await?)
+        }
+        None => None,
+    };
+
     // Sidecar image.
     let sidecar_image = match agent.sidecar {
         SidecarKind::Builtin => None,
@@ -280,16 +290,6 @@ async fn resolve_pins(
                 }
             }
         }
-    };
-
-    // Debian packages (see `crate::debian`).
-    let packages = match &agent.recipe.packages {
-        Some(p) => {
-            let old = old.and_then(|o| o.packages.as_ref());
-            let pins = crate::debian::pin(p, &platform, old, update, &cache, ctx.offline, notes);
-            Some(pins.await?)
-        }
-        None => None,
     };
 
     let pairs: Vec<(String, String)> = fetched

@@ -282,6 +282,9 @@ pub fn image_spec_with(
         }
     };
     let scratch = spec_base == Base::Scratch;
+    // A Debian base is merged-/usr: recipe paths under `/bin` etc. go
+    // under `/usr` so they never shadow the `bin` → `usr/bin` link.
+    let has_packages = !package_layers.is_empty();
     let mut layers = package_layers;
 
     // tools: fetched inputs, recipe files, links.
@@ -317,6 +320,9 @@ pub fn image_spec_with(
                 kind: EntryKind::Symlink(target.clone()),
             },
         );
+    }
+    if has_packages {
+        tools = merged_usr(tools);
     }
     if !tools.is_empty() {
         layers.push(LayerSpec {
@@ -426,6 +432,17 @@ pub fn image_spec_with(
         },
         mtime: 0,
     })
+}
+
+/// Entries moved to where a merged-/usr Debian base keeps them.
+fn merged_usr(entries: BTreeMap<String, Entry>) -> BTreeMap<String, Entry> {
+    entries
+        .into_values()
+        .map(|e| {
+            let path = crate::debian::merged_usr(&e.path);
+            (path.clone(), Entry { path, ..e })
+        })
+        .collect()
 }
 
 /// `~/.claude/settings.json`: full permissions inside the bottle (the
@@ -636,6 +653,24 @@ mod tests {
         assert_eq!(spec.config.labels[POLICY_LABEL], policy.to_canonical_json());
         // Same inputs, same spec.
         assert_eq!(image_spec(&a, &scratch(), &[], &policy).unwrap(), spec);
+    }
+
+    #[test]
+    fn a_package_base_moves_recipe_paths_under_usr() {
+        let d = project();
+        let a = load_agent(d.path(), "a").unwrap();
+        let policy = a.policy(None);
+        let debs = vec![LayerSpec {
+            name: "debian:0".into(),
+            entries: vec![],
+        }];
+        let spec = image_spec_with(&a, &scratch(), &[], debs, &policy).unwrap();
+        let tools = spec.layers.iter().find(|l| l.name == "tools").unwrap();
+        assert!(tools.entries.iter().any(|e| e.path == "usr/bin/sh"));
+        assert!(!tools.entries.iter().any(|e| e.path.starts_with("bin")));
+        // Without packages the recipe's paths stay as written.
+        let plain = image_spec(&a, &scratch(), &[], &policy).unwrap();
+        assert!(plain.layers[0].entries.iter().any(|e| e.path == "bin/sh"));
     }
 
     #[test]

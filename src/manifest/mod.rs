@@ -909,7 +909,7 @@ pub fn load_recipe(root: &Path, name: &str) -> Result<Recipe, ManifestError> {
     }
     let packages = match &raw.packages {
         None => None,
-        Some(p) => Some(check_packages(p, &from, value, &bad)?),
+        Some(p) => Some(check_packages(p, &from, &doc)?),
     };
     Ok(Recipe {
         packages,
@@ -952,16 +952,12 @@ impl<'a, T: ?Sized + Eq + std::hash::Hash> FirstSeen<'a, T> {
     }
 }
 
-/// Builds a diagnostic for (field, needle, problem, help).
-type BadField<'a> = dyn Fn(&str, Option<&str>, String, &str) -> ManifestError + 'a;
-
 /// Validate a recipe's `packages` (names, architecture, archive).
-fn check_packages(
-    p: &RawPackages,
-    from: &From,
-    value: &serde_json::Value,
-    bad: &BadField<'_>,
-) -> Result<Packages, ManifestError> {
+fn check_packages(p: &RawPackages, from: &From, doc: &Doc) -> Result<Packages, ManifestError> {
+    let bad = |field: &str, needle: Option<&str>, problem: String, help: &str| {
+        doc.bad(field, needle, problem, help)
+    };
+    let value = &doc.value;
     if *from != From::Scratch {
         return Err(bad(
             "packages",

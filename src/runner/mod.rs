@@ -1,11 +1,12 @@
-//! `bottle run`: resolve a reference to an exact digest, pull it, read the
-//! bottle's policy from the image, plan, and then start — internal network,
+//! `bottle run`: resolve a reference to an exact digest, get it into the
+//! engine (`acquire`: engine, store, registry or realized from the
+//! lockfile), read the bottle's policy from the image, plan, and then start — internal network,
 //! sidecar (config uploaded, secrets over stdin, ready), agent — attach,
 //! and tear everything down in order on every path.
 //!
 //! Invariants:
 //! - Nothing is created before the caller approved the plan (`prepare` only
-//!   pulls and inspects; `execute` creates).
+//!   gets the image and inspects; `execute` creates).
 //! - Every object is registered with the [`Teardown`] guard before the call
 //!   that creates it, so a signal, an error or a panic at any point still
 //!   removes it: agent, then sidecar, then networks, then temp files.

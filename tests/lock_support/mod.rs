@@ -34,6 +34,8 @@ pub struct Project {
     root: PathBuf,
     pub cache: tempfile::TempDir,
     pub home: tempfile::TempDir,
+    /// Whether this project's cache got the shared downloads already.
+    seeded: std::cell::Cell<bool>,
 }
 
 impl Project {
@@ -68,6 +70,7 @@ impl Project {
             root,
             cache: tempfile::tempdir().expect("tempdir"),
             home: tempfile::tempdir().expect("tempdir"),
+            seeded: std::cell::Cell::new(false),
         }
     }
 
@@ -130,7 +133,11 @@ impl Project {
                 });
             }
         }
+        if !self.seeded.replace(true) {
+            share_downloads(&self.cache.path().join("fetch/sha256"), true);
+        }
         let o = cmd.output().expect("run bottle");
+        share_downloads(&self.cache.path().join("fetch/sha256"), false);
         Out {
             code: o.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -199,4 +206,37 @@ pub fn digest_of(out: &Out) -> String {
 /// The lockfile as JSON.
 pub fn lock_json(p: &Project, agent: &str) -> serde_json::Value {
     serde_json::from_slice(&p.read(&format!("lockfiles/{agent}.lock.json"))).unwrap()
+}
+
+/// Large downloads (Debian indexes and `.deb` files) are shared between the
+/// test projects through one content-addressed folder, so each test's own
+/// cache does not fetch the archive again: `seed` (once per project, before
+/// its first command, so a test that empties its cache later gets an empty
+/// cache) copies what the shared folder has into `dir`, else `dir`'s new
+/// files go to the shared folder. Small files (the tests' own fetched
+/// tools) are never shared. Safe because a cache file always hashes to its
+/// name.
+fn share_downloads(dir: &Path, seed: bool) {
+    let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bottle-shared-fetch");
+    let _ = fs::create_dir_all(&shared);
+    let _ = fs::create_dir_all(dir);
+    let (from, to): (&Path, &Path) = if seed { (&shared, dir) } else { (dir, &shared) };
+    let Ok(rd) = fs::read_dir(from) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let n = name.to_string_lossy();
+        let small = e.metadata().map(|m| m.len() < 256 * 1024).unwrap_or(true);
+        if small
+            || n.len() != 64
+            || !n.bytes().all(|b| b.is_ascii_hexdigit())
+            || to.join(&name).exists()
+        {
+            continue;
+        }
+        // Copy to a temp name and rename, so a reader never sees half a file.
+        let tmp = to.join(format!(".share-{n}-{}", std::process::id()));
+        if fs::hard_link(e.path(), &tmp).is_ok() || fs::copy(e.path(), &tmp).is_ok() {
+            let _ = fs::rename(&tmp, to.join(&name));
+        }
+    }
 }

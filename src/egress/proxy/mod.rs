@@ -22,6 +22,7 @@
 //! DNS endpoint: the listening socket speaks only the proxy protocol.
 
 mod connect;
+mod dns_cache;
 mod forward;
 mod framing;
 pub mod input;
@@ -76,6 +77,8 @@ pub struct Settings {
     pub max_header_bytes: usize,
     pub connect_timeout: Duration,
     pub hello_timeout: Duration,
+    /// How long a successful lookup is reused (zero: never).
+    pub dns_cache_ttl: Duration,
 }
 
 impl Settings {
@@ -126,6 +129,7 @@ impl Settings {
             max_header_bytes: 16 * 1024,
             connect_timeout: Duration::from_secs(10),
             hello_timeout: Duration::from_secs(10),
+            dns_cache_ttl: Duration::from_secs(10),
         })
     }
 }
@@ -211,6 +215,7 @@ pub struct Proxy {
     /// interception, no secret scanning; names are still checked).
     vault: Option<Arc<secrets::Vault>>,
     leaves: intercept::Leaves,
+    dns: dns_cache::DnsCache,
 }
 
 impl Proxy {
@@ -226,6 +231,7 @@ impl Proxy {
         vault: Option<secrets::Vault>,
     ) -> Arc<Proxy> {
         let tunnels = Arc::new(Semaphore::new(settings.max_tunnels));
+        let dns = dns_cache::DnsCache::new(settings.dns_cache_ttl, 1024);
         Arc::new(Proxy {
             settings,
             resolver,
@@ -233,6 +239,7 @@ impl Proxy {
             tunnels,
             vault: vault.map(Arc::new),
             leaves: intercept::Leaves::default(),
+            dns,
         })
     }
 
@@ -341,17 +348,26 @@ impl Proxy {
         }
     }
 
+    /// A fresh cached answer, or the resolver's (bounded in time).
+    async fn lookup(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+        if let Some(addrs) = self.dns.get(host, port, Instant::now()) {
+            return Ok(addrs);
+        }
+        // getaddrinfo has its own retries; this bounds the whole lookup.
+        let wait = self.settings.connect_timeout;
+        let addrs = match tokio::time::timeout(wait, self.resolver.resolve(host, port)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(format!("no answer within {} s", wait.as_secs_f32())),
+        };
+        self.dns.put(host, port, &addrs, Instant::now());
+        Ok(addrs)
+    }
+
     /// Resolve and vet every address; connect to the first that answers.
     /// All addresses are vetted before any is tried, so a name that mixes a
     /// public and an internal answer is refused outright.
     async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, (StatusCode, Refusal)> {
-        // getaddrinfo has its own retries; this bounds the whole lookup.
-        let wait = self.settings.connect_timeout;
-        let addrs = match tokio::time::timeout(wait, self.resolver.resolve(host, port)).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {} s", wait.as_secs_f32())),
-        }
-        .map_err(|e| {
+        let addrs = self.lookup(host, port).await.map_err(|e| {
             (
                 StatusCode::BAD_GATEWAY,
                 Refusal::new(format!("resolution failed: {e}")),
@@ -449,26 +465,32 @@ pub async fn serve(
         "listen": local.to_string(),
         "version": env!("CARGO_PKG_VERSION"),
     }));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
-                    Ok(x) => x,
-                    // Out of descriptors or a reset handshake: keep serving.
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_connection(proxy.clone(), stream));
-            }
-        }
-    }
+    // The accept loop runs as a task on a worker, not on the caller's
+    // thread: a connection task spawned from a worker starts on that same
+    // worker as soon as the loop waits again, instead of waking another
+    // thread (a measurable share of a new tunnel's latency, docs/BENCHMARKS.md).
+    let accept = tokio::spawn(accept_loop(proxy.clone(), listener));
+    shutdown.await;
+    accept.abort();
+    // Wait until the listener is closed before saying so.
+    let _ = accept.await;
     proxy.emit(serde_json::json!({"time": rfc3339_now(), "event": "shutdown"}));
     Ok(())
+}
+
+async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            // Out of descriptors or a reset handshake: keep serving.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(proxy.clone(), stream));
+    }
 }
 
 async fn serve_connection(proxy: Arc<Proxy>, stream: TcpStream) {
