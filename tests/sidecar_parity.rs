@@ -40,6 +40,7 @@ const NAMES: &[&str] = &[
     "example.co",
     "cdn.test",
     "k7qz2xw9rtv4mnb8hjy3dfgs.cdn.test",
+    "q8zk2m7xw4rt9vbnhj.cdn.test",
     "git.test",
     "evil.test",
     "127.0.0.1",
@@ -65,10 +66,16 @@ const REQUESTS: &[(Kind, u16)] = &[
 
 /// The kinds of difference the README's sidecar table documents, each with
 /// the README text that documents it.
-const DOCUMENTED: &[(&str, &str)] = &[(
-    "port",
-    "no per-port rule: CONNECT to any port of an allowed host",
-)];
+const DOCUMENTED: &[(&str, &str)] = &[
+    (
+        "port",
+        "no per-port rule: CONNECT to any port of an allowed host",
+    ),
+    (
+        "entropy",
+        "refused under a wildcard entry when a label looks like encoded data",
+    ),
+];
 
 /// The builtin's verdict: Ok when the request got past the policy (the
 /// static resolver then fails it), Err(reason) when the policy refused it.
@@ -109,6 +116,9 @@ fn classify(builtin: &Result<(), String>, pipelock: Verdict) -> Option<&'static 
         {
             Some("port")
         }
+        // The builtin's DNS-channel guard (README, "Secrets"); pipelock
+        // is told to skip its own entropy check for allowed names.
+        (Err(r), Verdict::Allow) if r.ends_with("looks like encoded data") => Some("entropy"),
         _ => None,
     }
 }
@@ -204,11 +214,21 @@ async fn both_sidecars_decide_the_same_table_alike_except_documented_differences
         "a.example.com",
         "b.a.example.com",
         "xn--bcher-kva.example.com",
-        "k7qz2xw9rtv4mnb8hjy3dfgs.cdn.test",
+        "q8zk2m7xw4rt9vbnhj.cdn.test",
         "git.test",
     ] {
         assert!(allowed(name, Kind::Connect, 443), "{name}");
     }
+    // A 24-character random label under a wildcard: pipelock (with the
+    // allowlist excluded from its entropy check) lets it through, the
+    // builtin refuses it as a DNS channel, the documented difference.
+    let long = "k7qz2xw9rtv4mnb8hjy3dfgs.cdn.test";
+    assert_eq!(model::decide(&config, long), Verdict::Allow);
+    let refused = &table[&(long.to_string(), Kind::Connect, 443)];
+    assert!(
+        matches!(refused, Err(r) if r.ends_with("looks like encoded data")),
+        "{refused:?}"
+    );
     assert!(allowed("www.example.com", Kind::Get, 80));
     assert!(table[&("git.test".to_string(), Kind::Connect, 22)].is_ok());
     for name in [
@@ -243,6 +263,12 @@ async fn both_sidecars_decide_the_same_table_alike_except_documented_differences
         .map(|d| d.row.0)
         .collect();
     assert!(old.iter().any(|n| n == "a.example.com"), "{old:?}");
+    // Before the fix, pipelock's entropy check refused an 18-character
+    // random label under an allowed wildcard that both sidecars now allow.
+    assert!(
+        old.iter().any(|n| n == "q8zk2m7xw4rt9vbnhj.cdn.test"),
+        "{old:?}"
+    );
 }
 
 #[test]
