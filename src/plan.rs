@@ -56,7 +56,7 @@ pub const CA_VARS: &[&str] = &[
 pub const CREDENTIALS_HELD_LINE: &str =
     "  credentials: held by the sidecar; agent has placeholders";
 /// Preflight line for pipelock: what does not hold.
-pub const CREDENTIALS_PIPELOCK_LINE: &str = "  credentials: IN THE AGENT'S ENVIRONMENT (pipelock does not inject: no placeholders, no API route, no interception; only pipelock's own DLP scanning)";
+pub const CREDENTIALS_PIPELOCK_LINE: &str = "  credentials: IN THE AGENT'S ENVIRONMENT (pipelock does not inject: the agent holds the real values; no placeholders, no API route, no interception; secret scanning only of what pipelock itself reads, never inside HTTPS tunnels)";
 
 /// The port both sidecars listen on inside the bottle (pipelock's default).
 pub const SIDECAR_PORT: u16 = crate::egress::LISTEN_PORT;

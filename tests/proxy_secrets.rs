@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bottle::egress::config::RunOptions;
-use bottle::egress::proxy::secrets::{ApiRoute, CaKey, Message, SecretEntry, Vault};
+use bottle::egress::proxy::secrets::{ApiRoute, CaKey, DlpPattern, Message, SecretEntry, Vault};
 use bottle::egress::proxy::{LogSink, Proxy, Resolver, Settings};
 use egress_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,6 +25,14 @@ use tokio::net::{TcpListener, TcpStream};
 
 const TOKEN: &str = "sk-ant-oat01-CanaryToken0123456789abcdefGHIJ";
 const GH: &str = "ghp_CanaryGithub0123456789abcdefghijklmn";
+
+/// A custom secret pattern the run adds to the defaults.
+fn secrets_dlp_custom() -> DlpPattern {
+    DlpPattern {
+        name: "internal ticket key".into(),
+        regex: "tkt_[0-9]{12}".into(),
+    }
+}
 
 /// What an upstream received: one line per request,
 /// `host|path|authorization|body`.
@@ -242,6 +250,7 @@ async fn world() -> World {
             key_pem: run_key.serialize_pem(),
         }),
         max_body_bytes: Some(1 << 20),
+        dlp_patterns: vec![secrets_dlp_custom()],
     };
     // Through the wire format, as the sidecar reads it.
     let json = serde_json::to_vec(&message).unwrap();
@@ -674,4 +683,84 @@ async fn a_body_over_the_scanning_bound_is_refused_not_sent_unscanned() {
     let (code, _) = w.api(&post("/v1/messages", "", &body)).await;
     assert_eq!(code, 413);
     assert!(w.seen().is_empty());
+}
+
+/// The reason of the next decision, checked to name `pattern` and not
+/// contain `value`.
+async fn refused_naming(w: &mut World, pattern: &str, value: &str) {
+    let d = w.proxy.decision().await;
+    assert_eq!(d["verdict"], "deny", "{d}");
+    let reason = d["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains(&format!("pattern {pattern}")), "{reason}");
+    let logs = w.drain_logs();
+    assert!(!reason.contains(value) && !logs.contains(value), "{logs}");
+}
+
+#[tokio::test]
+async fn provider_keys_the_sidecar_does_not_hold_are_refused_by_pattern() {
+    let mut w = world().await;
+    // Plain http, key in the query.
+    let aws = "AKIAQWERTYUIOPASDFGH";
+    let mut s = TcpStream::connect(w.proxy.addr).await.unwrap();
+    s.write_all(
+        format!("GET http://other.test/?k={aws} HTTP/1.1\r\nHost: other.test\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_response(&mut s).await.0, 403);
+    refused_naming(&mut w, "AWS access key ID", aws).await;
+    // API route, another GitHub token (not the held one) in a header.
+    let gh = "ghp_SomeoneElsesToken0123456789abcdefghij";
+    let ph = w.placeholder_token.clone();
+    let (code, _) = w
+        .api(&post(
+            "/v1/messages",
+            &format!("Authorization: Bearer {ph}\r\nX-Note: {gh}\r\n"),
+            b"{}",
+        ))
+        .await;
+    assert_eq!(code, 403);
+    refused_naming(&mut w, "GitHub token", gh).await;
+    // API route, a private key in the body.
+    let pem = "-----BEGIN OPENSSH PRIVATE KEY-----";
+    let (code, _) = w
+        .api(&post(
+            "/v1/messages",
+            &format!("Authorization: Bearer {ph}\r\n"),
+            format!("{{\"k\":\"{pem}\"}}").as_bytes(),
+        ))
+        .await;
+    assert_eq!(code, 403);
+    refused_naming(&mut w, "private key", "PRIVATE KEY-----").await;
+    // The run's custom pattern, in a body.
+    let tkt = "tkt_123456789012";
+    let (code, _) = w
+        .api(&post(
+            "/v1/messages",
+            &format!("Authorization: Bearer {ph}\r\n"),
+            tkt.as_bytes(),
+        ))
+        .await;
+    assert_eq!(code, 403);
+    refused_naming(&mut w, "internal ticket key", tkt).await;
+    assert!(w.seen().is_empty(), "{:?}", w.seen());
+}
+
+#[tokio::test]
+async fn the_runs_own_placeholders_are_not_pattern_matches() {
+    let mut w = world().await;
+    let ph = w.placeholder_token.clone();
+    let gh = w.placeholder_gh.clone();
+    // Both placeholders have provider-key shapes; in a routed body too.
+    let (code, body) = w
+        .api(&post(
+            "/v1/messages",
+            &format!("Authorization: Bearer {ph}\r\n"),
+            format!("{{\"a\":\"{gh}\",\"b\":\"{ph}\"}}").as_bytes(),
+        ))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(w.seen().len(), 1);
+    let logs = w.drain_logs();
+    assert!(!logs.contains("pattern "), "{logs}");
 }

@@ -126,6 +126,7 @@ pub fn message(plan: &RunPlan, secrets: Vec<SecretEntry>, ca: Option<&RunCa>) ->
             key_pem: String::from_utf8_lossy(c.key_pem.bytes()).into_owned(),
         }),
         max_body_bytes: None,
+        dlp_patterns: vec![],
     };
     Secret(serde_json::to_vec(&m).unwrap_or_default())
 }

@@ -12,6 +12,12 @@
 //! values shorter than [`MIN_ENCODED_LEN`] are searched raw only (their
 //! encodings are too short to be told from ordinary text).
 //!
+//! Besides held values, every scanned text is matched against secret
+//! *patterns* (pipelock's `dlp.patterns` shape: a name and a regex):
+//! [`DEFAULT_PATTERNS`] for common provider keys, plus any the run adds. A
+//! pattern match that lies inside one of the run's own placeholders is not a
+//! match (placeholders have the shape of real tokens by design).
+//!
 //! Not caught: a value split across two requests (each half alone is not the
 //! value); values under an encoding not listed (e.g. base32, reversed).
 
@@ -27,15 +33,74 @@ pub const MIN_ENCODED_LEN: usize = 8;
 /// the proxy this much at most).
 const MAX_DECODED: u64 = 64 * 1024 * 1024;
 
+/// Secret patterns always applied: (name, regex). Names appear in decision
+/// lines; the matched text never does.
+pub const DEFAULT_PATTERNS: &[(&str, &str)] = &[
+    ("Anthropic API key", r"sk-ant-[A-Za-z0-9_-]{20,}"),
+    (
+        "OpenAI API key",
+        r"sk-(?:proj-)?[A-Za-z0-9_-]{20,}T3BlbkFJ[A-Za-z0-9_-]{20,}",
+    ),
+    ("GitHub token", r"gh[pousr]_[A-Za-z0-9]{36,}"),
+    ("GitHub fine-grained token", r"github_pat_[A-Za-z0-9_]{36,}"),
+    ("AWS access key ID", r"(?:AKIA|ASIA)[A-Z0-9]{16}"),
+    ("Slack token", r"xox[abposr]-[A-Za-z0-9-]{10,}"),
+    (
+        "Slack webhook",
+        r"hooks\.slack\.com/services/T[A-Za-z0-9_/]+",
+    ),
+    ("Google API key", r"AIza[0-9A-Za-z_-]{35}"),
+    ("Stripe secret key", r"(?:sk|rk)_live_[0-9A-Za-z]{20,}"),
+    ("private key", r"-----BEGIN[ A-Z]*PRIVATE KEY-----"),
+];
+
 pub struct Scanner {
     exact: Option<AhoCorasick>,
+    patterns: Vec<(String, regex::bytes::Regex)>,
+    pattern_labels: Vec<String>,
+    placeholders: Option<AhoCorasick>,
     hosts: Option<AhoCorasick>,
     labels: Vec<String>,
     host_labels: Vec<String>,
 }
 
 impl Scanner {
+    /// A scanner for `secrets` with the default patterns only.
     pub fn new(secrets: &[Held]) -> Scanner {
+        Scanner::with_patterns(secrets, &[]).expect("default patterns compile")
+    }
+
+    /// A scanner for `secrets` with the default patterns and `extra`
+    /// (name, regex); errors name the pattern that does not compile.
+    pub fn with_patterns(secrets: &[Held], extra: &[(String, String)]) -> Result<Scanner, String> {
+        let mut patterns = Vec::new();
+        let defaults = DEFAULT_PATTERNS
+            .iter()
+            .map(|(n, r)| (n.to_string(), r.to_string()));
+        for (name, re) in defaults.chain(extra.iter().cloned()) {
+            let compiled =
+                regex::bytes::Regex::new(&re).map_err(|e| format!("pattern `{name}`: {e}"))?;
+            patterns.push((name, compiled));
+        }
+        let pattern_labels = patterns
+            .iter()
+            .map(|(n, _)| format!("pattern {n}"))
+            .collect();
+        let placeholders: Vec<&str> = secrets
+            .iter()
+            .map(|s| s.placeholder.as_str())
+            .filter(|p| !p.is_empty())
+            .collect();
+        let placeholders = (!placeholders.is_empty())
+            .then(|| AhoCorasick::new(&placeholders).expect("literal needles always build"));
+        let mut s = Scanner::literals(secrets);
+        s.patterns = patterns;
+        s.pattern_labels = pattern_labels;
+        s.placeholders = placeholders;
+        Ok(s)
+    }
+
+    fn literals(secrets: &[Held]) -> Scanner {
         let mut needles: Vec<Vec<u8>> = Vec::new();
         let mut labels = Vec::new();
         let mut host_needles: Vec<Vec<u8>> = Vec::new();
@@ -82,6 +147,9 @@ impl Scanner {
         };
         Scanner {
             exact: build(&needles, false),
+            patterns: Vec::new(),
+            pattern_labels: Vec::new(),
+            placeholders: None,
             hosts: build(&host_needles, true),
             labels,
             host_labels,
@@ -90,9 +158,34 @@ impl Scanner {
 
     /// The first secret found in `bytes`, as a label.
     pub fn find(&self, bytes: &[u8]) -> Option<&str> {
-        let ac = self.exact.as_ref()?;
-        ac.find(bytes)
-            .map(|m| self.labels[m.pattern().as_usize()].as_str())
+        if let Some(m) = self.exact.as_ref().and_then(|ac| ac.find(bytes)) {
+            return Some(self.labels[m.pattern().as_usize()].as_str());
+        }
+        self.find_pattern(bytes)
+    }
+
+    /// The first secret pattern matching `bytes` outside the run's own
+    /// placeholders.
+    fn find_pattern(&self, bytes: &[u8]) -> Option<&str> {
+        let mut covered: Option<Vec<(usize, usize)>> = None;
+        for (i, (_, re)) in self.patterns.iter().enumerate() {
+            for m in re.find_iter(bytes) {
+                let spans = covered.get_or_insert_with(|| {
+                    self.placeholders
+                        .as_ref()
+                        .map(|ac| {
+                            ac.find_overlapping_iter(bytes)
+                                .map(|p| (p.start(), p.end()))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                });
+                if !spans.iter().any(|&(a, b)| a <= m.start() && m.end() <= b) {
+                    return Some(self.pattern_labels[i].as_str());
+                }
+            }
+        }
+        None
     }
 
     /// `find` on the bytes and on their percent-decoding.
@@ -269,5 +362,39 @@ mod tests {
         let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
         z.write_all(v.as_bytes()).unwrap();
         assert!(s.find_body(&z.finish().unwrap(), Some("deflate")).is_some());
+    }
+
+    #[test]
+    fn default_patterns_match_provider_keys_but_not_placeholders() {
+        let ph = "ghp_PlaceholderXYZ0123456789abcdefghijklm";
+        let s = Scanner::new(&[Held {
+            name: "GH".into(),
+            value: "ghp_RealValueXYZ0123456789abcdefghijklmn".into(),
+            placeholder: ph.into(),
+            hosts: vec![],
+            header: HeaderKind::Bearer,
+        }]);
+        for (sample, name) in [
+            (
+                "sk-ant-api03-abcdefghijklmnopqrstuvwxyz",
+                "Anthropic API key",
+            ),
+            ("x=ghs_abcdefghijklmnopqrstuvwxyz0123456789", "GitHub token"),
+            (
+                "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
+                "GitHub fine-grained token",
+            ),
+            ("AKIAQWERTYUIOPASDFGH", "AWS access key ID"),
+            ("xoxb-1234567890-abcdef", "Slack token"),
+            ("-----BEGIN RSA PRIVATE KEY-----", "private key"),
+        ] {
+            let found = s.find_text(sample.as_bytes());
+            assert_eq!(found, Some(format!("pattern {name}").as_str()), "{sample}");
+        }
+        assert_eq!(s.find_text(format!("a={ph}&b={ph}").as_bytes()), None);
+        // A placeholder next to a real-shaped key does not hide the key.
+        let other = "ghp_OtherXYZ0123456789abcdefghijklmnopqr";
+        assert!(s.find_text(format!("{ph} {other}").as_bytes()).is_some());
+        assert!(Scanner::with_patterns(&[], &[("bad".into(), "(".into())]).is_err());
     }
 }

@@ -51,6 +51,17 @@ pub struct Message {
     pub intercept_ca: Option<CaKey>,
     #[serde(default)]
     pub max_body_bytes: Option<usize>,
+    /// Secret patterns added to the defaults (pipelock's `dlp.patterns`
+    /// shape).
+    #[serde(default)]
+    pub dlp_patterns: Vec<DlpPattern>,
+}
+
+/// One secret pattern: a name for decision lines and a regex.
+#[derive(Deserialize, serde::Serialize, Clone)]
+pub struct DlpPattern {
+    pub name: String,
+    pub regex: String,
 }
 
 #[derive(Deserialize, serde::Serialize, Clone)]
@@ -239,7 +250,13 @@ impl Vault {
                 .map_err(|e| bad(format!("intercept_ca.key_pem: {e}")))?;
         }
         let upstream_tls = upstream_config(m.upstream_ca_pem.as_deref())?;
-        let scanner = Scanner::new(&secrets);
+        let extra: Vec<(String, String)> = m
+            .dlp_patterns
+            .iter()
+            .map(|p| (p.name.clone(), p.regex.clone()))
+            .collect();
+        let scanner = Scanner::with_patterns(&secrets, &extra)
+            .map_err(|e| bad(format!("dlp_patterns: {e}")))?;
         Ok(Vault {
             secrets,
             api: m.api_route,
