@@ -8,7 +8,7 @@ use crate::error::{Classify, ExitKind};
 use crate::lock;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub(super) struct Args {
     /// Agents to check (default with --all: every folder of `agents/`).
     pub agents: Vec<String>,
     /// Check every agent of the project.
@@ -26,7 +26,7 @@ pub struct Args {
     pub project: ProjectOpt,
 }
 
-pub async fn exec(args: Args) -> CliResult {
+pub(super) async fn exec(args: Args) -> CliResult {
     let ctx = super::lock::context(&args.project, &args.registry, "linux/amd64", args.offline)?;
     let agents = if args.all {
         crate::manifest::list_agents(&ctx.root)?

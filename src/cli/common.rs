@@ -6,7 +6,7 @@ use std::path::PathBuf;
 /// Where images are pushed to and pulled from. Optional: without one, images
 /// live in the local blob store (`$BOTTLE_CACHE_DIR/oci`).
 #[derive(clap::Args, Debug, Clone)]
-pub struct RegistryOpt {
+pub(super) struct RegistryOpt {
     /// Registry host[:port] for pushes and pulls (default: none; images stay
     /// in the local store). Plain HTTP is used for loopback hosts
     /// (localhost, 127.0.0.0/8, [::1]), HTTPS otherwise.
@@ -16,14 +16,14 @@ pub struct RegistryOpt {
 
 impl RegistryOpt {
     /// The registry, with an empty value treated as none.
-    pub fn get(&self) -> Option<String> {
+    pub(super) fn get(&self) -> Option<String> {
         self.registry.clone().filter(|r| !r.trim().is_empty())
     }
 }
 
 /// Which project (the folder holding `agents/`) a command works on.
 #[derive(clap::Args, Debug, Clone)]
-pub struct ProjectOpt {
+pub(super) struct ProjectOpt {
     /// Project root (the folder with `agents/`, `images/`, `lockfiles/`).
     /// Default: the nearest ancestor of the current directory that has `agents/`.
     #[arg(long, env = "BOTTLE_ROOT", value_name = "DIR")]
@@ -32,7 +32,7 @@ pub struct ProjectOpt {
 
 /// Print a command's result line on stdout. A closed pipe (`bottle lock a |
 /// head -0`) is not an error, as in ripgrep; `println!` would panic there.
-pub fn print_result(text: &str) -> Result<(), super::CliError> {
+pub(super) fn print_result(text: &str) -> Result<(), super::CliError> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match writeln!(out, "{text}").and_then(|()| out.flush()) {

@@ -10,7 +10,7 @@ use super::common::{RegistryOpt, print_result};
 use crate::engine::{self, EngineVersion, MIN_ISOLATED_GATEWAY, MIN_PATCHED};
 
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub(super) struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -45,7 +45,7 @@ fn ver((a, b, c): (u32, u32, u32)) -> String {
     format!("{a}.{b}.{c}")
 }
 
-pub async fn exec(args: Args) -> CliResult {
+pub(super) async fn exec(args: Args) -> CliResult {
     let mut facts = Vec::new();
     let engine_ready = engine_facts(&mut facts, args.allow_unpatched_engine).await;
     facts.push(registry_fact(args.registry.get().as_deref()).await);

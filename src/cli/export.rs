@@ -10,7 +10,7 @@ use crate::progress::Progress;
 use crate::share;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub(super) struct Args {
     /// The image: <agent> (digest from its lockfile), <agent>@sha256:… or
     /// <registry>/<repo>@sha256:…. Tags are refused.
     pub reference: String,
@@ -26,7 +26,7 @@ pub struct Args {
     pub project: ProjectOpt,
 }
 
-pub async fn exec(args: Args) -> CliResult {
+pub(super) async fn exec(args: Args) -> CliResult {
     let source = share::locate(
         &args.reference,
         args.registry.get().as_deref(),

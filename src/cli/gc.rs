@@ -10,7 +10,7 @@ use super::{CliError, CliResult};
 use crate::runner::gc;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub(super) struct Args {
     /// Only show what would be removed
     #[arg(long)]
     dry_run: bool,
@@ -19,7 +19,7 @@ pub struct Args {
     json: bool,
 }
 
-pub async fn exec(args: Args) -> CliResult {
+pub(super) async fn exec(args: Args) -> CliResult {
     // Temp files need no engine: they are swept even when it is down (the
     // engine's error still ends the command, exit 3, after the report).
     let engine = match crate::engine::connect().await {

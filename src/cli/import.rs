@@ -10,7 +10,7 @@ use crate::progress::Progress;
 use crate::share;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub(super) struct Args {
     /// The archive written by `bottle export`.
     #[arg(value_name = "FILE.tar")]
     pub file: PathBuf,
@@ -26,7 +26,7 @@ pub struct Args {
     pub registry: RegistryOpt,
 }
 
-pub async fn exec(args: Args) -> CliResult {
+pub(super) async fn exec(args: Args) -> CliResult {
     let to = args.to.as_deref().map(share::destination).transpose()?;
     let store = share::open_store()?;
     let image = share::read(&args.file, &store)?;

@@ -6,7 +6,7 @@ use super::{CliError, CliResult};
 use crate::lock;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub(super) struct Args {
     /// The agent: a folder `agents/<agent>/` holding `bottle.json`.
     pub agent: String,
     /// Re-resolve every pin (base image digest, fetched hashes, sidecar image).
@@ -27,7 +27,7 @@ pub struct Args {
     pub project: ProjectOpt,
 }
 
-pub async fn exec(args: Args) -> CliResult {
+pub(super) async fn exec(args: Args) -> CliResult {
     let ctx = context(&args.project, &args.registry, &args.platform, args.offline)?;
     let out = lock::lock(&ctx, &args.agent, args.update).await?;
     for n in &out.notes {
@@ -62,7 +62,7 @@ pub async fn exec(args: Args) -> CliResult {
 }
 
 /// The context `lock` and `check` share, from the shared options.
-pub fn context(
+pub(super) fn context(
     project: &ProjectOpt,
     registry: &RegistryOpt,
     platform: &str,

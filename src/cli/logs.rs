@@ -12,7 +12,7 @@ use crate::error::ExitKind;
 use crate::runner::audit;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub(super) struct Args {
     /// The run id, as `bottle run` and `bottle ps` print it (`<agent>-<slug>`)
     run: String,
     /// Keep printing new lines as the run appends them
@@ -23,7 +23,7 @@ pub struct Args {
     json: bool,
 }
 
-pub async fn exec(args: Args) -> CliResult {
+pub(super) async fn exec(args: Args) -> CliResult {
     let path = audit::path_of(&args.run).ok_or_else(|| {
         CliError::usage(format!(
             "`{}` is not a run id (letters, digits, `-`, `_`, `.`); `bottle ps` lists running ones",

@@ -12,7 +12,7 @@ use super::CliResult;
 use crate::egress::{self, proxy};
 
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub(super) struct Args {
     /// The per-run egress config (pipelock format, as `bottle` generates it);
     /// `-` reads it from stdin until EOF, as pipelock does; at most 1 MiB
     #[arg(long, value_name = "FILE")]
@@ -29,7 +29,7 @@ pub struct Args {
     pub secrets_stdin: bool,
 }
 
-pub async fn exec(args: Args) -> CliResult {
+pub(super) async fn exec(args: Args) -> CliResult {
     // Stdin (`-`) lets the runner hand the config over through the engine
     // API to a container whose root filesystem is read-only.
     if args.secrets_stdin && args.config.as_os_str() == "-" {

@@ -6,13 +6,13 @@ use super::{CliError, CliResult};
 use crate::runner::gc::{self, RunInfo};
 
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub(super) struct Args {
     /// Print JSON instead of a table
     #[arg(long)]
     json: bool,
 }
 
-pub async fn exec(args: Args) -> CliResult {
+pub(super) async fn exec(args: Args) -> CliResult {
     let docker = crate::engine::connect().await?;
     let runs = gc::ps(&docker).await?;
     print_runs(&runs, args.json)?;

@@ -15,7 +15,7 @@ use crate::runner::{self, Request};
 #[command(
     after_help = "Exit code: the agent's own; 4 when the egress sidecar stopped mid-session (the run was ended and torn down); 129/130/143 after SIGHUP/SIGINT/SIGTERM; 1, 2, 3 when bottle itself failed (run, input, environment)."
 )]
-pub struct Args {
+pub(super) struct Args {
     /// <agent> | <agent>@sha256:… | <registry>/<repo>@sha256:… (tags are refused)
     #[arg(value_name = "REF")]
     reference: String,
@@ -83,7 +83,7 @@ pub struct Args {
     project: ProjectOpt,
 }
 
-pub async fn exec(args: Args) -> CliResult {
+pub(super) async fn exec(args: Args) -> CliResult {
     let reference = Reference::parse(&args.reference)?;
     let interactive = args.command.is_empty();
     let tty = interactive && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();

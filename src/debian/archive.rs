@@ -242,7 +242,7 @@ pub async fn pin(
 /// Make sure every pinned `.deb` is in the cache, fetching a missing one by
 /// its pinned path from the source serving its suite; `pinned_by` names the
 /// lockfile for mismatch messages.
-pub async fn ensure_debs(
+pub(crate) async fn ensure_debs(
     p: &Packages,
     pins: &LockedPackages,
     cache: &FetchCache,

@@ -25,19 +25,19 @@ use bottle::oci::spec::{Base, ConfigSpec, Entry, EntryKind, FileSource, ImageSpe
 
 /// Label every test container/network/image carries, so `gc` and humans can
 /// find leftovers.
-pub const TEST_LABEL: &str = "dev.bottle.test";
+pub(crate) const TEST_LABEL: &str = "dev.bottle.test";
 
-pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
-pub const BUSYBOX: &str = "/bin/busybox";
+pub(crate) const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+pub(crate) const BUSYBOX: &str = "/bin/busybox";
 
-pub fn in_ci() -> bool {
+pub(crate) fn in_ci() -> bool {
     std::env::var("CI")
         .map(|v| v == "true" || v == "1")
         .unwrap_or(false)
 }
 
 /// The opt-out variable that turns a missing tool into a counted skip.
-pub const SKIP_VAR: &str = "BOTTLE_TEST_SKIP_MISSING";
+pub(crate) const SKIP_VAR: &str = "BOTTLE_TEST_SKIP_MISSING";
 
 fn skip_allowed() -> bool {
     !in_ci() && std::env::var(SKIP_VAR).is_ok_and(|v| v == "1")
@@ -70,7 +70,7 @@ fn missing(what: &str, how: &str) -> bool {
 }
 
 /// True when `/usr/bin/docker-registry` exists (else fail, or a counted skip).
-pub fn require_registry_binary() -> bool {
+pub(crate) fn require_registry_binary() -> bool {
     Path::new(REGISTRY_BIN).is_file()
         || missing(
             REGISTRY_BIN,
@@ -79,13 +79,13 @@ pub fn require_registry_binary() -> bool {
 }
 
 /// True when `/bin/busybox` exists (else fail, or a counted skip).
-pub fn require_busybox() -> bool {
+pub(crate) fn require_busybox() -> bool {
     Path::new(BUSYBOX).is_file()
         || missing(BUSYBOX, "install it with `apt-get install busybox-static`")
 }
 
 /// The Docker engine with a negotiated API version, if one answers.
-pub async fn docker() -> Option<bollard::Docker> {
+pub(crate) async fn docker() -> Option<bollard::Docker> {
     let d = bollard::Docker::connect_with_local_defaults().ok()?;
     let d = d.negotiate_version().await.ok()?;
     d.ping().await.ok()?;
@@ -93,7 +93,7 @@ pub async fn docker() -> Option<bollard::Docker> {
 }
 
 /// The engine, or `None` after a counted skip (else panics: see [`missing`]).
-pub async fn require_docker() -> Option<bollard::Docker> {
+pub(crate) async fn require_docker() -> Option<bollard::Docker> {
     match docker().await {
         Some(d) => Some(d),
         None => {
@@ -108,14 +108,14 @@ pub async fn require_docker() -> Option<bollard::Docker> {
 
 /// A free TCP port on 127.0.0.1 (bound then released; the tiny race with
 /// another process is acceptable for tests).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr").port()
 }
 
 /// A running `docker-registry serve` on 127.0.0.1:<port> with its storage in
 /// a temp dir. Killed and cleaned up on drop.
-pub struct Registry {
+pub(crate) struct Registry {
     child: Child,
     pub port: u16,
     dir: tempfile::TempDir,
@@ -124,7 +124,7 @@ pub struct Registry {
 impl Registry {
     /// Start a registry, or `None` (after a counted skip; else a panic) when
     /// the binary is missing. Panics if the binary exists but does not come up.
-    pub fn start() -> Option<Registry> {
+    pub(crate) fn start() -> Option<Registry> {
         if !require_registry_binary() {
             return None;
         }
@@ -180,26 +180,26 @@ impl Registry {
     }
 
     /// `127.0.0.1:<port>`
-    pub fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
     /// `localhost:<port>`
-    pub fn localhost(&self) -> String {
+    pub(crate) fn localhost(&self) -> String {
         format!("localhost:{}", self.port)
     }
 
     /// Where the registry keeps its blobs (to delete them in tests).
-    pub fn storage(&self) -> PathBuf {
+    pub(crate) fn storage(&self) -> PathBuf {
         self.dir.path().join("storage")
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
 
     /// HTTP status of a GET on the registry (plain HTTP).
-    pub fn get_status(&self, path: &str) -> Option<u16> {
+    pub(crate) fn get_status(&self, path: &str) -> Option<u16> {
         http_status(self.port, path)
     }
 }
@@ -225,7 +225,7 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
 
 /// What a run of the `bottle` binary produced.
 #[derive(Debug)]
-pub struct Output {
+pub(crate) struct Output {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
@@ -233,13 +233,13 @@ pub struct Output {
 
 /// Run the built `bottle` binary in `cwd` with extra `env` (added to the
 /// inherited environment) and capture everything.
-pub fn run_bottle(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
+pub(crate) fn run_bottle(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
     run_bottle_stdin(args, cwd, env, None)
 }
 
 /// Like [`run_bottle`], feeding `stdin` (e.g. secrets, which never go on
 /// argv or in env) to the process; `None` gives it /dev/null.
-pub fn run_bottle_stdin(
+pub(crate) fn run_bottle_stdin(
     args: &[&str],
     cwd: &Path,
     env: &[(&str, &str)],
@@ -275,7 +275,7 @@ pub fn run_bottle_stdin(
 
 /// A tiny base image: static busybox at `bin/busybox` with `sh`, `echo`,
 /// `cat`, `ls`, `id` symlinks, plus `tmp`. Reads `/bin/busybox` at build time.
-pub fn busybox_spec() -> ImageSpec {
+pub(crate) fn busybox_spec() -> ImageSpec {
     let root = |path: &str, mode, kind| Entry {
         path: path.into(),
         mode,

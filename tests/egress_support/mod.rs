@@ -16,19 +16,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-pub mod pipelock;
+pub(crate) mod pipelock;
 
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// A test CA and a leaf for `names`, as rustls server and client configs.
-pub struct TestPki {
+pub(crate) struct TestPki {
     pub server: Arc<rustls::ServerConfig>,
     pub roots: Arc<rustls::RootCertStore>,
 }
 
-pub fn pki(names: &[&str]) -> TestPki {
+pub(crate) fn pki(names: &[&str]) -> TestPki {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -58,7 +58,7 @@ pub fn pki(names: &[&str]) -> TestPki {
 }
 
 /// TLS echo server: echoes every byte back until the client closes.
-pub async fn tls_echo(server: Arc<rustls::ServerConfig>) -> SocketAddr {
+pub(crate) async fn tls_echo(server: Arc<rustls::ServerConfig>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(server);
@@ -78,7 +78,7 @@ pub async fn tls_echo(server: Arc<rustls::ServerConfig>) -> SocketAddr {
 }
 
 /// Plain TCP echo server (stands in for an ssh server).
-pub async fn tcp_echo() -> SocketAddr {
+pub(crate) async fn tcp_echo() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -94,7 +94,7 @@ pub async fn tcp_echo() -> SocketAddr {
 
 /// HTTP/1.1 server answering every request with
 /// `host=<Host>;path=<path>;body=<bytes>` (keep-alive).
-pub async fn http_upstream() -> SocketAddr {
+pub(crate) async fn http_upstream() -> SocketAddr {
     use http_body_util::{BodyExt, Full};
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -131,7 +131,7 @@ pub async fn http_upstream() -> SocketAddr {
 }
 
 /// An upstream that accepts connections and reads, but never answers.
-pub async fn mute_upstream() -> SocketAddr {
+pub(crate) async fn mute_upstream() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -146,12 +146,12 @@ pub async fn mute_upstream() -> SocketAddr {
 }
 
 /// A loopback port nothing listens on (bound, then released).
-pub async fn closed_port() -> SocketAddr {
+pub(crate) async fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap()
 }
 
-pub fn policy(allow: &[&str], ssh: &[&str]) -> Policy {
+pub(crate) fn policy(allow: &[&str], ssh: &[&str]) -> Policy {
     Policy {
         schema: 1,
         agent: "test".into(),
@@ -169,7 +169,7 @@ pub fn policy(allow: &[&str], ssh: &[&str]) -> Policy {
     }
 }
 
-pub struct Running {
+pub(crate) struct Running {
     pub addr: SocketAddr,
     pub logs: UnboundedReceiver<serde_json::Value>,
     pub _stop: tokio::sync::oneshot::Sender<()>,
@@ -177,7 +177,7 @@ pub struct Running {
 
 impl Running {
     /// The next decision line (skipping the readiness line).
-    pub async fn decision(&mut self) -> serde_json::Value {
+    pub(crate) async fn decision(&mut self) -> serde_json::Value {
         loop {
             let v = tokio::time::timeout(Duration::from_secs(10), self.logs.recv())
                 .await
@@ -192,7 +192,7 @@ impl Running {
 
 /// Start the proxy in-process on 127.0.0.1 with the config generated from
 /// `policy` + `opts`, the given static resolver and settings tweaks.
-pub async fn start(
+pub(crate) async fn start(
     policy: &Policy,
     opts: &RunOptions,
     resolve: HashMap<String, Vec<SocketAddr>>,
@@ -202,7 +202,7 @@ pub async fn start(
 }
 
 /// As [`start`], with any resolver.
-pub async fn start_with(
+pub(crate) async fn start_with(
     policy: &Policy,
     opts: &RunOptions,
     resolver: Resolver,
@@ -230,7 +230,7 @@ pub async fn start_with(
 
 /// Read one HTTP response head (through the blank line). Returns the status
 /// code and the head text; leaves any body bytes in `extra`.
-pub async fn read_head(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
+pub(crate) async fn read_head(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -256,7 +256,7 @@ pub async fn read_head(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
 }
 
 /// Read a whole response with a Content-Length body.
-pub async fn read_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
+pub(crate) async fn read_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
     let (code, head, mut body) = read_head(s).await;
     let len: usize = head
         .lines()
@@ -276,7 +276,7 @@ pub async fn read_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
 }
 
 /// Send `CONNECT target` and return the status and the stream.
-pub async fn connect(proxy: SocketAddr, target: &str) -> (u16, TcpStream) {
+pub(crate) async fn connect(proxy: SocketAddr, target: &str) -> (u16, TcpStream) {
     let mut s = TcpStream::connect(proxy).await.unwrap();
     s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
         .await
@@ -286,7 +286,7 @@ pub async fn connect(proxy: SocketAddr, target: &str) -> (u16, TcpStream) {
 }
 
 /// Read until EOF (bounded by 10 s): true when the peer closed.
-pub async fn closed(s: &mut TcpStream) -> bool {
+pub(crate) async fn closed(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 1024];
     loop {
         match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
@@ -297,7 +297,10 @@ pub async fn closed(s: &mut TcpStream) -> bool {
     }
 }
 
-pub fn tls_client(roots: Arc<rustls::RootCertStore>, sni: bool) -> tokio_rustls::TlsConnector {
+pub(crate) fn tls_client(
+    roots: Arc<rustls::RootCertStore>,
+    sni: bool,
+) -> tokio_rustls::TlsConnector {
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()

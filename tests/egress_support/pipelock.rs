@@ -13,20 +13,20 @@ use serde_json::Value;
 
 /// pipelock's default per-registrable-domain limit, also what it uses for
 /// a configured 0 or less.
-pub const DEFAULT_RATE: i64 = 60;
+pub(crate) const DEFAULT_RATE: i64 = 60;
 /// Default `subdomain_entropy_threshold`; a label must exceed it.
-pub const SUBDOMAIN_ENTROPY_THRESHOLD: f64 = 4.0;
+pub(crate) const SUBDOMAIN_ENTROPY_THRESHOLD: f64 = 4.0;
 /// Labels shorter than this are never entropy-checked.
-pub const SUBDOMAIN_MIN_LABEL: usize = 8;
+pub(crate) const SUBDOMAIN_MIN_LABEL: usize = 8;
 
 /// The request rate (per registrable domain and minute) an agent needs
 /// without hitting a 429: ten new tunnels a second, sustained.
-pub const AGENT_RATE_NEEDED: i64 = 600;
+pub(crate) const AGENT_RATE_NEEDED: i64 = 600;
 
 /// pipelock's host matching: case-insensitive, one trailing dot ignored;
 /// `*.x` matches `x` itself and every name ending in `.x`; anything else
 /// matches only itself.
-pub fn match_domain(host: &str, pattern: &str) -> bool {
+pub(crate) fn match_domain(host: &str, pattern: &str) -> bool {
     let host = host.to_ascii_lowercase();
     let host = host.strip_suffix('.').unwrap_or(&host);
     let pattern = pattern.to_ascii_lowercase();
@@ -38,7 +38,7 @@ pub fn match_domain(host: &str, pattern: &str) -> bool {
 }
 
 /// Shannon entropy in bits per character.
-pub fn shannon_entropy(s: &str) -> f64 {
+pub(crate) fn shannon_entropy(s: &str) -> f64 {
     let mut counts = std::collections::HashMap::new();
     for c in s.chars() {
         *counts.entry(c).or_insert(0usize) += 1;
@@ -70,14 +70,14 @@ fn monitoring(config: &Value) -> &Value {
 /// pipelock's verdict on a host, whatever the port (it has no per-port
 /// rule: the CONNECT port and an absolute URI's port are not consulted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Allow,
     Deny(&'static str),
 }
 
 /// The scanner's host checks, in pipelock's order: allowlist (strict mode
 /// only), blocklist, then subdomain entropy unless excluded.
-pub fn decide(config: &Value, host: &str) -> Verdict {
+pub(crate) fn decide(config: &Value, host: &str) -> Verdict {
     let host = host.to_ascii_lowercase();
     let host = host.strip_suffix('.').unwrap_or(&host).to_string();
     if config["mode"] == "strict" {
@@ -109,7 +109,7 @@ pub fn decide(config: &Value, host: &str) -> Verdict {
 }
 
 /// The rate limit pipelock enforces for this config.
-pub fn effective_rate(config: &Value) -> i64 {
+pub(crate) fn effective_rate(config: &Value) -> i64 {
     match monitoring(config)["max_requests_per_minute"].as_i64() {
         Some(n) if n > 0 => n,
         _ => DEFAULT_RATE,
@@ -144,7 +144,10 @@ fn hostname_pattern_problem(field: &str, raw: &str) -> Option<String> {
 
 /// Every reason pipelock would refuse to start on this config (after its
 /// defaults are applied), given the key list of its schema.
-pub fn start_problems(config: &Value, schema: &std::collections::BTreeSet<String>) -> Vec<String> {
+pub(crate) fn start_problems(
+    config: &Value,
+    schema: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
     let mut out = Vec::new();
     let mut keys = std::collections::BTreeSet::new();
     key_paths(config, "", &mut keys);
@@ -186,7 +189,7 @@ pub fn start_problems(config: &Value, schema: &std::collections::BTreeSet<String
 /// a rate limit below an agent's needs, allowlisted names left to the
 /// entropy check, or a blocklist entry that a wildcard of the allowlist
 /// covers as a strict subdomain (a nested-wildcard apex).
-pub fn policy_problems(config: &Value) -> Vec<String> {
+pub(crate) fn policy_problems(config: &Value) -> Vec<String> {
     let mut out = Vec::new();
     let rate = effective_rate(config);
     if rate < AGENT_RATE_NEEDED {
@@ -226,7 +229,7 @@ fn covers(e: &str, p: &str) -> bool {
 }
 
 /// Every key path of a JSON document (lists are leaves).
-pub fn key_paths(v: &Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+pub(crate) fn key_paths(v: &Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
     if let Value::Object(m) = v {
         for (k, child) in m {
             let path = if prefix.is_empty() {
@@ -241,7 +244,7 @@ pub fn key_paths(v: &Value, prefix: &str, out: &mut std::collections::BTreeSet<S
 }
 
 /// The key list in tests/data/pipelock-keys.txt.
-pub fn schema_keys() -> std::collections::BTreeSet<String> {
+pub(crate) fn schema_keys() -> std::collections::BTreeSet<String> {
     include_str!("../data/pipelock-keys.txt")
         .lines()
         .map(str::trim)
@@ -251,7 +254,7 @@ pub fn schema_keys() -> std::collections::BTreeSet<String> {
 }
 
 /// The release named in tests/data/pipelock-keys.txt (`# release: X`).
-pub fn schema_release() -> Option<String> {
+pub(crate) fn schema_release() -> Option<String> {
     include_str!("../data/pipelock-keys.txt")
         .lines()
         .find_map(|l| l.strip_prefix("# release: "))

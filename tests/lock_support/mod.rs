@@ -11,14 +11,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 /// The repository this test binary was built from.
-pub fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// How a copy of the project differs from the original, for the
 /// reproducibility tests.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Variation {
+pub(crate) struct Variation {
     /// Create entries in reverse order.
     pub reverse: bool,
     /// Files 0600 / folders 0700 (what umask 077 gives), else 0644/0755.
@@ -29,7 +29,7 @@ pub struct Variation {
 
 /// A temp project holding copies of `agents/<agent>`, `images/` and the
 /// agent's lockfile (when it exists).
-pub struct Project {
+pub(crate) struct Project {
     pub dir: tempfile::TempDir,
     root: PathBuf,
     pub cache: tempfile::TempDir,
@@ -39,13 +39,13 @@ pub struct Project {
 }
 
 impl Project {
-    pub fn new(agents: &[&str], v: Variation) -> Project {
+    pub(crate) fn new(agents: &[&str], v: Variation) -> Project {
         Self::new_in(None, agents, v)
     }
 
     /// Like `new`, with the project nested at `<tmp>/<nest>` so two copies
     /// differ in absolute path length too.
-    pub fn new_in(nest: Option<&str>, agents: &[&str], v: Variation) -> Project {
+    pub(crate) fn new_in(nest: Option<&str>, agents: &[&str], v: Variation) -> Project {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = match nest {
             Some(n) => dir.path().join(n),
@@ -74,26 +74,26 @@ impl Project {
         }
     }
 
-    pub fn root(&self) -> PathBuf {
+    pub(crate) fn root(&self) -> PathBuf {
         self.root.clone()
     }
 
-    pub fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.root().join(rel)
     }
 
-    pub fn read(&self, rel: &str) -> Vec<u8> {
+    pub(crate) fn read(&self, rel: &str) -> Vec<u8> {
         fs::read(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
     }
 
-    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) {
+    pub(crate) fn write(&self, rel: &str, content: impl AsRef<[u8]>) {
         let p = self.path(rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(&p, content).unwrap_or_else(|e| panic!("write {rel}: {e}"));
     }
 
     /// Edit a JSON file through a closure on its value.
-    pub fn edit_json(&self, rel: &str, f: impl FnOnce(&mut serde_json::Value)) {
+    pub(crate) fn edit_json(&self, rel: &str, f: impl FnOnce(&mut serde_json::Value)) {
         let mut v: serde_json::Value = serde_json::from_slice(&self.read(rel)).unwrap();
         f(&mut v);
         self.write(rel, serde_json::to_vec_pretty(&v).unwrap());
@@ -101,11 +101,16 @@ impl Project {
 
     /// Run `bottle` with this project's cache and HOME, `registry` (or a
     /// closed port), and extra env.
-    pub fn bottle(&self, args: &[&str], registry: Option<&str>, extra: &[(&str, &str)]) -> Out {
+    pub(crate) fn bottle(
+        &self,
+        args: &[&str],
+        registry: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Out {
         self.bottle_with(args, registry, extra, None)
     }
 
-    pub fn bottle_with(
+    pub(crate) fn bottle_with(
         &self,
         args: &[&str],
         registry: Option<&str>,
@@ -147,14 +152,14 @@ impl Project {
 }
 
 #[derive(Debug)]
-pub struct Out {
+pub(crate) struct Out {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
 }
 
 /// Recursive copy keeping symlinks as symlinks, with the variation applied.
-pub fn copy_tree(from: &Path, to: &Path, v: Variation) {
+pub(crate) fn copy_tree(from: &Path, to: &Path, v: Variation) {
     fs::create_dir_all(to).unwrap();
     let mut names: Vec<_> = fs::read_dir(from)
         .unwrap()
@@ -195,7 +200,7 @@ pub fn copy_tree(from: &Path, to: &Path, v: Variation) {
 }
 
 /// `sha256:…` from `<agent>@sha256:…` on stdout.
-pub fn digest_of(out: &Out) -> String {
+pub(crate) fn digest_of(out: &Out) -> String {
     let line = out.stdout.trim();
     let (_, d) = line
         .split_once('@')
@@ -204,7 +209,7 @@ pub fn digest_of(out: &Out) -> String {
 }
 
 /// The lockfile as JSON.
-pub fn lock_json(p: &Project, agent: &str) -> serde_json::Value {
+pub(crate) fn lock_json(p: &Project, agent: &str) -> serde_json::Value {
     serde_json::from_slice(&p.read(&format!("lockfiles/{agent}.lock.json"))).unwrap()
 }
 

@@ -29,9 +29,9 @@ use bottle::registry::RegistryClient;
 
 use crate::common;
 
-pub const RUN_LABEL: &str = "dev.bottle.run";
+pub(crate) const RUN_LABEL: &str = "dev.bottle.run";
 
-pub struct Fixture {
+pub(crate) struct Fixture {
     pub reg: common::Registry,
     pub root: tempfile::TempDir,
     _cache: tempfile::TempDir,
@@ -42,7 +42,7 @@ pub struct Fixture {
 
 /// Build and push the test agent; `None` when the environment is missing
 /// (after a notice; a failure under CI=true).
-pub async fn fixture(agent: &str, allow: &[&str]) -> Option<Fixture> {
+pub(crate) async fn fixture(agent: &str, allow: &[&str]) -> Option<Fixture> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     if !common::require_busybox() {
         return None;
@@ -92,7 +92,7 @@ pub async fn fixture(agent: &str, allow: &[&str]) -> Option<Fixture> {
 
 /// busybox with the applets the tests use, a non-root user with a home,
 /// and the policy label.
-pub fn agent_spec(policy: &Policy) -> ImageSpec {
+pub(crate) fn agent_spec(policy: &Policy) -> ImageSpec {
     let e = |path: &str, mode, uid, kind| Entry {
         path: path.into(),
         mode,
@@ -181,7 +181,7 @@ pub fn agent_spec(policy: &Policy) -> ImageSpec {
 }
 
 impl Fixture {
-    pub fn env(&self) -> Vec<(String, String)> {
+    pub(crate) fn env(&self) -> Vec<(String, String)> {
         vec![
             ("BOTTLE_REGISTRY".into(), self.reg.localhost()),
             ("BOTTLE_ROOT".into(), self.root.path().display().to_string()),
@@ -195,7 +195,7 @@ impl Fixture {
     }
 
     /// Run `bottle` to completion with the fixture's env plus `extra`.
-    pub fn bottle(&self, args: &[&str], extra: &[(&str, &str)]) -> common::Output {
+    pub(crate) fn bottle(&self, args: &[&str], extra: &[(&str, &str)]) -> common::Output {
         let env = self.env();
         let mut all: Vec<(&str, &str)> =
             env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -204,7 +204,7 @@ impl Fixture {
     }
 
     /// Start `bottle` in the background (stdout/stderr captured to files).
-    pub fn spawn(&self, args: &[&str], extra: &[(&str, &str)]) -> Spawned {
+    pub(crate) fn spawn(&self, args: &[&str], extra: &[(&str, &str)]) -> Spawned {
         let dir = tempfile::tempdir().unwrap();
         let out = std::fs::File::create(dir.path().join("out")).unwrap();
         let err = std::fs::File::create(dir.path().join("err")).unwrap();
@@ -227,20 +227,20 @@ impl Fixture {
     }
 }
 
-pub struct Spawned {
+pub(crate) struct Spawned {
     pub child: Option<Child>,
     dir: tempfile::TempDir,
 }
 
 impl Spawned {
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
-    pub fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         // SAFETY: sending a signal to our own child process.
         unsafe { libc::kill(self.pid() as i32, sig) };
     }
-    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+    pub(crate) fn wait(&mut self, timeout: Duration) -> Option<i32> {
         let child = self.child.as_mut().unwrap();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -256,10 +256,10 @@ impl Spawned {
         }
         None
     }
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("err")).unwrap_or_default()
     }
-    pub fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("out")).unwrap_or_default()
     }
 }
@@ -276,7 +276,7 @@ impl Drop for Spawned {
 /// Names of containers, networks and volumes carrying the runner's label whose agent
 /// label is `agent` (each test uses its own agent name, so parallel tests do
 /// not see each other).
-pub async fn leftovers(docker: &Docker, agent: &str) -> Vec<String> {
+pub(crate) async fn leftovers(docker: &Docker, agent: &str) -> Vec<String> {
     let mut filters = HashMap::new();
     filters.insert(
         "label".to_string(),
@@ -319,7 +319,7 @@ pub async fn leftovers(docker: &Docker, agent: &str) -> Vec<String> {
 }
 
 /// Wait until `pred` holds for the labeled objects of `agent` (or time out).
-pub async fn wait_for(
+pub(crate) async fn wait_for(
     docker: &Docker,
     agent: &str,
     timeout: Duration,
@@ -337,7 +337,7 @@ pub async fn wait_for(
 
 /// Removes every container, network and volume labeled for `agent` on drop (a failing test must
 /// not leave anything behind).
-pub struct Cleanup {
+pub(crate) struct Cleanup {
     pub agent: String,
     pub extra_containers: Vec<String>,
     pub extra_networks: Vec<String>,
@@ -419,7 +419,11 @@ impl Drop for Cleanup {
 /// The suite's "internet": a bridge network with one upstream container
 /// (busybox httpd on port 80 serving `hello.txt`) reachable as
 /// `upstream.bottle.test`. Returns (network name, container name, its IP).
-pub async fn start_upstream(docker: &Docker, fx: &Fixture, tag: &str) -> (String, String, String) {
+pub(crate) async fn start_upstream(
+    docker: &Docker,
+    fx: &Fixture,
+    tag: &str,
+) -> (String, String, String) {
     let net = format!("bottle-test-up-{tag}");
     let name = format!("bottle-test-upstream-{tag}");
     let mut labels = HashMap::new();
@@ -500,7 +504,7 @@ pub async fn start_upstream(docker: &Docker, fx: &Fixture, tag: &str) -> (String
     (net, name, ip)
 }
 
-pub fn root_path(fx: &Fixture) -> &Path {
+pub(crate) fn root_path(fx: &Fixture) -> &Path {
     fx.root.path()
 }
 
@@ -508,7 +512,7 @@ pub fn root_path(fx: &Fixture) -> &Path {
 /// (stripped when `strip` is available) with the shared libraries it links,
 /// entrypoint `/bottle proxy` (as the builtin image has it), pushed to the fixture's registry. Returns
 /// `<registry>/bottle/sidecar@sha256:…` for `--sidecar-image`.
-pub async fn sidecar_image(fx: &Fixture) -> String {
+pub(crate) async fn sidecar_image(fx: &Fixture) -> String {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_bottle"));
     let work = tempfile::tempdir().unwrap();
     let stripped = work.path().join("bottle");
@@ -588,7 +592,7 @@ pub async fn sidecar_image(fx: &Fixture) -> String {
 
 /// Build `spec` and push it to the fixture's registry as `repo`; returns
 /// `<registry>/<repo>@sha256:…` for `bottle run`.
-pub async fn push_spec(fx: &Fixture, repo: &str, spec: &ImageSpec) -> String {
+pub(crate) async fn push_spec(fx: &Fixture, repo: &str, spec: &ImageSpec) -> String {
     let cache = tempfile::tempdir().unwrap();
     let store = BlobStore::open(cache.path()).unwrap();
     let image = build(spec, &store).unwrap();
@@ -605,7 +609,7 @@ pub async fn push_spec(fx: &Fixture, repo: &str, spec: &ImageSpec) -> String {
 /// package sources (`/etc/apt/sources.list.d/*.sources` `URIs:` lines, then
 /// `deb` lines of `/etc/apt/sources.list`), else the first `search` domain
 /// of `/etc/resolv.conf`. `None` when the machine names none.
-pub fn host_resolvable_name() -> Option<String> {
+pub(crate) fn host_resolvable_name() -> Option<String> {
     let mut texts = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
         let mut paths: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
@@ -650,7 +654,7 @@ pub fn host_resolvable_name() -> Option<String> {
 
 /// A project root with only a lockfile (no registry, no engine needed):
 /// enough for `--dry-run` and for the checks that happen before any pull.
-pub fn lock_only_root(agent: &str, allow: &[&str], env: &[&str]) -> tempfile::TempDir {
+pub(crate) fn lock_only_root(agent: &str, allow: &[&str], env: &[&str]) -> tempfile::TempDir {
     let mut allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
     allow.sort();
     let mut env: Vec<String> = env.iter().map(|s| s.to_string()).collect();

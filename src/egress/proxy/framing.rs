@@ -26,7 +26,7 @@ const MAX_LINE: usize = 64 * 1024;
 /// Why a head's framing is refused; stored in the shared flag as its code
 /// (0 = nothing seen).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ambiguity {
+pub(super) enum Ambiguity {
     ContentLength = 1,
     BothLengths = 2,
     TransferEncoding = 3,
@@ -34,7 +34,7 @@ pub enum Ambiguity {
 
 impl Ambiguity {
     /// The refusal reason, as logged and answered.
-    pub fn reason(self) -> &'static str {
+    pub(super) fn reason(self) -> &'static str {
         match self {
             Ambiguity::ContentLength => "ambiguous framing: duplicate or invalid Content-Length",
             Ambiguity::BothLengths => {
@@ -47,7 +47,7 @@ impl Ambiguity {
     }
 
     /// What the scanner raised on this connection, if anything.
-    pub fn raised(flag: &AtomicU8) -> Option<Ambiguity> {
+    pub(super) fn raised(flag: &AtomicU8) -> Option<Ambiguity> {
         match flag.load(Ordering::SeqCst) {
             1 => Some(Ambiguity::ContentLength),
             2 => Some(Ambiguity::BothLengths),
@@ -61,7 +61,7 @@ impl Ambiguity {
 /// leading whitespace (the optional space after the colon) is allowed: a
 /// trailing tab or space, a list, or a parameter is refused, since
 /// upstreams disagree on what they mean.
-pub fn exactly_chunked(raw: &[u8]) -> bool {
+pub(super) fn exactly_chunked(raw: &[u8]) -> bool {
     let start = raw
         .iter()
         .position(|&c| c != b' ' && c != b'\t')
@@ -105,20 +105,20 @@ impl HeadState {
 
 /// Scans a client byte stream; see the module doc.
 #[derive(Debug)]
-pub struct Scanner {
+pub(super) struct Scanner {
     state: State,
     flag: Arc<AtomicU8>,
 }
 
 impl Scanner {
-    pub fn new(flag: Arc<AtomicU8>) -> Scanner {
+    pub(super) fn new(flag: Arc<AtomicU8>) -> Scanner {
         Scanner {
             state: State::Head(HeadState::new()),
             flag,
         }
     }
 
-    pub fn feed(&mut self, mut data: &[u8]) {
+    pub(super) fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             match &mut self.state {
                 State::Done => return,
@@ -248,13 +248,13 @@ impl Scanner {
 }
 
 /// The client stream with a [`Scanner`] on its read side.
-pub struct Watched<S> {
+pub(super) struct Watched<S> {
     inner: S,
     scanner: Scanner,
 }
 
 impl<S> Watched<S> {
-    pub fn new(inner: S, flag: Arc<AtomicU8>) -> Watched<S> {
+    pub(super) fn new(inner: S, flag: Arc<AtomicU8>) -> Watched<S> {
         Watched {
             inner,
             scanner: Scanner::new(flag),

@@ -66,14 +66,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
-pub struct Outcome {
+pub(super) struct Outcome {
     pub up: u64,
     pub down: u64,
     pub end: &'static str,
 }
 
 /// Copy both ways until the tunnel ends; `client` → `upstream` is "up".
-pub async fn relay<C, U>(client: C, upstream: U, lifetime: Duration, idle: Duration) -> Outcome
+pub(super) async fn relay<C, U>(
+    client: C,
+    upstream: U,
+    lifetime: Duration,
+    idle: Duration,
+) -> Outcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
