@@ -219,8 +219,7 @@ pub fn temp_places(tmp_dir: &Path, cache_root: &Path) -> Vec<(PathBuf, &'static 
 /// folders are skipped (nothing of ours can be in them).
 pub fn stale_temps(places: &[(PathBuf, &'static str)]) -> Vec<TempLeftover> {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     let mut out = Vec::new();
     for (dir, prefix) in places {
         let Ok(entries) = std::fs::read_dir(dir) else {

@@ -734,7 +734,7 @@ fn watch_sidecar(docker: &Docker, name: &str) -> SidecarWatch {
             let how = format!("exit code {code}");
             // The terminal may be in raw mode (an interactive session):
             // carriage returns keep the line readable there.
-            let cr = if session::is_tty(libc::STDERR_FILENO) {
+            let cr = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                 "\r"
             } else {
                 ""

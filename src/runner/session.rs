@@ -5,7 +5,10 @@
 //! Invariant: the terminal's settings are restored by a guard's `Drop`, so
 //! a panic or a signal never leaves the user's shell in raw mode.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+
+use rustix::termios::{self, OptionalActions, Termios};
 
 use bollard::Docker;
 use bollard::container::LogOutput;
@@ -16,56 +19,41 @@ use tokio::io::AsyncWriteExt;
 
 use crate::engine::{self, EngineError};
 
-/// Saved terminal settings, restored on drop.
-pub struct RawMode {
-    fd: i32,
-    saved: libc::termios,
+/// Saved terminal settings of stdin, restored on drop.
+pub(crate) struct RawMode {
+    saved: Termios,
 }
 
 impl RawMode {
-    /// Put `fd` into raw mode; `None` if it is not a terminal.
-    pub fn enter(fd: i32) -> Option<RawMode> {
-        if !is_tty(fd) {
+    /// Put stdin into raw mode; `None` if it is not a terminal.
+    pub(crate) fn enter() -> Option<RawMode> {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
             return None;
         }
-        // SAFETY: termios is plain data; tcgetattr fills it for a valid tty fd.
-        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
-            return None;
-        }
-        let mut raw = saved;
-        // SAFETY: cfmakeraw only edits the struct we own.
-        unsafe { libc::cfmakeraw(&mut raw) };
-        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
-            return None;
-        }
-        Some(RawMode { fd, saved })
+        let saved = termios::tcgetattr(stdin.as_fd()).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        termios::tcsetattr(stdin.as_fd(), OptionalActions::Now, &raw).ok()?;
+        Some(RawMode { saved })
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        // SAFETY: restores the settings read from the same fd.
-        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
+        let _ = termios::tcsetattr(std::io::stdin().as_fd(), OptionalActions::Now, &self.saved);
     }
 }
 
-pub fn is_tty(fd: i32) -> bool {
-    // SAFETY: isatty only inspects the descriptor.
-    unsafe { libc::isatty(fd) == 1 }
-}
-
 /// (columns, rows) of the terminal on `fd`.
-pub fn terminal_size(fd: i32) -> Option<(u16, u16)> {
-    // SAFETY: winsize is plain data filled by the ioctl for a tty fd.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
-    (rc == 0 && ws.ws_col > 0).then_some((ws.ws_col, ws.ws_row))
+fn terminal_size(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
+    let ws = termios::tcgetwinsize(fd).ok()?;
+    (ws.ws_col > 0).then_some((ws.ws_col, ws.ws_row))
 }
 
 async fn resize(docker: &Docker, name: &str) {
     if let Some((w, h)) =
-        terminal_size(libc::STDOUT_FILENO).or_else(|| terminal_size(libc::STDIN_FILENO))
+        terminal_size(std::io::stdout().as_fd()).or_else(|| terminal_size(std::io::stdin().as_fd()))
     {
         let _ = docker
             .resize_container_tty(
@@ -97,7 +85,7 @@ pub async fn run_agent(
 
     let _raw = if tty && interactive {
         resize(docker, name).await;
-        RawMode::enter(libc::STDIN_FILENO)
+        RawMode::enter()
     } else {
         None
     };
@@ -126,10 +114,9 @@ pub async fn run_agent(
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             loop {
-                // SAFETY: reading into a stack buffer of the given length.
-                let n =
-                    unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
-                if n <= 0 || tx.blocking_send(buf[..n as usize].to_vec()).is_err() {
+                // Unbuffered: each keystroke goes out as soon as it is read.
+                let n = rustix::io::read(std::io::stdin().as_fd(), &mut buf).unwrap_or(0);
+                if n == 0 || tx.blocking_send(buf[..n].to_vec()).is_err() {
                     break;
                 }
             }
