@@ -233,40 +233,45 @@ fn read_elf(path: &Path) -> Result<ElfDeps, EgressError> {
 }
 
 /// Parse a little-endian ELF64 file's `PT_INTERP` and `DT_NEEDED` entries.
-pub fn parse_elf(b: &[u8]) -> Result<ElfDeps, String> {
-    let u16at = |o: usize| -> Result<u64, String> {
-        b.get(o..o + 2)
-            .map(|s| u16::from_le_bytes([s[0], s[1]]) as u64)
+/// Little-endian reads at file offsets, each failing as "truncated".
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn get<const N: usize>(&self, o: usize) -> Result<[u8; N], String> {
+        self.0
+            .get(o..o + N)
+            .and_then(|s| s.try_into().ok())
             .ok_or_else(|| "truncated".to_string())
-    };
-    let u32at = |o: usize| -> Result<u64, String> {
-        b.get(o..o + 4)
-            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as u64)
-            .ok_or_else(|| "truncated".to_string())
-    };
-    let u64at = |o: usize| -> Result<u64, String> {
-        b.get(o..o + 8)
-            .map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
-            .ok_or_else(|| "truncated".to_string())
-    };
-    if b.get(0..4) != Some(b"\x7fELF") {
-        return Err("not an ELF file".into());
     }
-    if b.get(4) != Some(&2) || b.get(5) != Some(&1) {
-        return Err("not a little-endian 64-bit ELF file".into());
+    fn u16(&self, o: usize) -> Result<u64, String> {
+        Ok(u16::from_le_bytes(self.get(o)?) as u64)
     }
-    let phoff = u64at(0x20)? as usize;
-    let phentsize = u16at(0x36)? as usize;
-    let phnum = u16at(0x38)? as usize;
+    fn u32(&self, o: usize) -> Result<u64, String> {
+        Ok(u32::from_le_bytes(self.get(o)?) as u64)
+    }
+    fn u64(&self, o: usize) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.get(o)?))
+    }
+}
+
+/// What the program headers say: the interpreter, the dynamic section
+/// (offset, size) and the loaded segments (vaddr, offset, size).
+type ProgramHeaders = (Option<String>, Option<(usize, usize)>, Vec<(u64, u64, u64)>);
+
+fn program_headers(r: &Bytes<'_>) -> Result<ProgramHeaders, String> {
+    let b = r.0;
+    let phoff = r.u64(0x20)? as usize;
+    let phentsize = r.u16(0x36)? as usize;
+    let phnum = r.u16(0x38)? as usize;
     let mut interp = None;
     let mut dynamic = None;
     let mut loads = Vec::new();
     for i in 0..phnum {
         let ph = phoff + i * phentsize;
-        let kind = u32at(ph)?;
-        let offset = u64at(ph + 8)?;
-        let vaddr = u64at(ph + 16)?;
-        let filesz = u64at(ph + 32)?;
+        let kind = r.u32(ph)?;
+        let offset = r.u64(ph + 8)?;
+        let vaddr = r.u64(ph + 16)?;
+        let filesz = r.u64(ph + 32)?;
         match kind {
             1 => loads.push((vaddr, offset, filesz)),
             2 => dynamic = Some((offset as usize, filesz as usize)),
@@ -280,6 +285,18 @@ pub fn parse_elf(b: &[u8]) -> Result<ElfDeps, String> {
             _ => {}
         }
     }
+    Ok((interp, dynamic, loads))
+}
+
+pub fn parse_elf(b: &[u8]) -> Result<ElfDeps, String> {
+    let r = Bytes(b);
+    if b.get(0..4) != Some(b"\x7fELF") {
+        return Err("not an ELF file".into());
+    }
+    if b.get(4) != Some(&2) || b.get(5) != Some(&1) {
+        return Err("not a little-endian 64-bit ELF file".into());
+    }
+    let (interp, dynamic, loads) = program_headers(&r)?;
     let Some((dyn_off, dyn_size)) = dynamic else {
         return Ok(ElfDeps {
             interp,
@@ -290,8 +307,8 @@ pub fn parse_elf(b: &[u8]) -> Result<ElfDeps, String> {
     let mut needed_offsets = Vec::new();
     let mut runpath_offsets = Vec::new();
     for i in 0..dyn_size / 16 {
-        let tag = u64at(dyn_off + i * 16)?;
-        let val = u64at(dyn_off + i * 16 + 8)?;
+        let tag = r.u64(dyn_off + i * 16)?;
+        let val = r.u64(dyn_off + i * 16 + 8)?;
         match tag {
             0 => break,
             1 => needed_offsets.push(val),

@@ -172,21 +172,19 @@ struct Resolved {
     packages: Option<lockfile::LockedPackages>,
 }
 
-/// Turn `old` pins and the manifest into the full pin set (network where a
-/// pin is missing or `update` asks for it).
-async fn resolve_pins(
+/// The base image pin: kept from `old` unless the reference or platform
+/// changed or `update` asks; resolved on the registry otherwise.
+async fn pin_base(
     ctx: &Context,
-    agent: Agent,
+    agent: &Agent,
     old: Option<&Lockfile>,
     update: bool,
+    platform: &str,
     store: &BlobStore,
     notes: &mut Vec<String>,
-) -> Result<Resolved, LockError> {
-    let platform = oci::Platform::parse(&ctx.platform)?.to_string();
-    let lockfile_name = lockfile::rel_path(&agent.name);
-
-    // Base.
-    let base = match &agent.recipe.from {
+) -> Result<LockedBase, LockError> {
+    let platform = platform.to_string();
+    Ok(match &agent.recipe.from {
         From::Scratch => LockedBase {
             reference: "scratch".into(),
             digest: None,
@@ -216,7 +214,23 @@ async fn resolve_pins(
                 platform: platform.clone(),
             }
         }
-    };
+    })
+}
+
+/// Turn `old` pins and the manifest into the full pin set (network where a
+/// pin is missing or `update` asks for it).
+async fn resolve_pins(
+    ctx: &Context,
+    agent: Agent,
+    old: Option<&Lockfile>,
+    update: bool,
+    store: &BlobStore,
+    notes: &mut Vec<String>,
+) -> Result<Resolved, LockError> {
+    let platform = oci::Platform::parse(&ctx.platform)?.to_string();
+    let lockfile_name = lockfile::rel_path(&agent.name);
+
+    let base = pin_base(ctx, &agent, old, update, &platform, store, notes).await?;
 
     // Fetched inputs.
     let cache = FetchCache::open(&ctx.cache_root)?;

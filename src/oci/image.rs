@@ -155,8 +155,12 @@ pub const MAX_LAYERS: usize = 125;
 
 /// Build an image from its spec. Writes every new blob to the store and
 /// returns the digests; nothing else (no registry, no engine).
-pub fn build(spec: &ImageSpec, store: &BlobStore) -> Result<BuiltImage, OciError> {
-    let (platform, base_layers, base_config) = match &spec.base {
+type BaseParts = (Platform, Vec<LayerRef>, Map<String, Value>);
+
+/// The base's platform, layers (renamed `from:<i>`, OCI media types) and
+/// runtime config; every base blob must be in the store.
+fn base_of(spec: &ImageSpec, store: &BlobStore) -> Result<BaseParts, OciError> {
+    Ok(match &spec.base {
         Base::Scratch => (Platform::default(), Vec::new(), Map::new()),
         Base::Image {
             reference,
@@ -192,7 +196,11 @@ pub fn build(spec: &ImageSpec, store: &BlobStore) -> Result<BuiltImage, OciError
                 .collect();
             (cfg.platform, layers, cfg.runtime)
         }
-    };
+    })
+}
+
+pub fn build(spec: &ImageSpec, store: &BlobStore) -> Result<BuiltImage, OciError> {
+    let (platform, base_layers, base_config) = base_of(spec, store)?;
 
     if base_layers.len() + spec.layers.len() > MAX_LAYERS {
         return Err(OciError::Unsupported {

@@ -765,6 +765,50 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
     f.sync_all().map_err(io)
 }
 
+/// Read the sidecar's output line by line for the whole session: its
+/// readiness line, the audit record, the blocked-host summary and the last
+/// 20 lines (shown if it fails).
+async fn watch_output(
+    mut output: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
+    >,
+    ready_tx: tokio::sync::watch::Sender<bool>,
+    mut record: Option<audit::AuditLog>,
+    blocked: Arc<Mutex<sidecar::BlockedLog>>,
+    tail_w: Arc<Mutex<Vec<String>>>,
+) {
+    let mut pending = Vec::new();
+    while let Some(Ok(chunk)) = output.next().await {
+        let bytes = match chunk {
+            LogOutput::StdOut { message }
+            | LogOutput::StdErr { message }
+            | LogOutput::Console { message } => message,
+            LogOutput::StdIn { .. } => continue,
+        };
+        pending.extend_from_slice(&bytes);
+        while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            let line = String::from_utf8_lossy(&line).trim_end().to_string();
+            if sidecar::is_ready_line(&line) {
+                let _ = ready_tx.send(true);
+            }
+            if let Some(r) = record.as_mut() {
+                r.record(&line);
+            }
+            if let Ok(mut b) = blocked.lock() {
+                b.observe(&line);
+            }
+            if let Ok(mut t) = tail_w.lock() {
+                t.push(line);
+                let n = t.len();
+                if n > 20 {
+                    t.drain(..n - 20);
+                }
+            }
+        }
+    }
+}
+
 /// Attach to the sidecar, start it, hand it its secrets over stdin, and
 /// wait until it accepts connections (it says so, or its port answers on
 /// the egress network). Its output keeps being read for the decision log.
@@ -779,49 +823,18 @@ async fn start_sidecar(
 ) -> Result<(), RunError> {
     let name = &plan.sidecar.name;
     let attached = engine::attach(docker, name, builtin, true).await?;
-    let mut output = attached.output;
+    let output = attached.output;
     let mut input = attached.input;
     let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
     let tail: Arc<Mutex<Vec<String>>> = Arc::default();
     let tail_w = tail.clone();
-    let mut record = audit::AuditLog::open(&plan.run_id);
+    let record = audit::AuditLog::open(&plan.run_id);
     if record.is_none() {
         eprintln!(
             "warning: no audit record for this run (no writable state directory; set BOTTLE_STATE_DIR)"
         );
     }
-    tokio::spawn(async move {
-        let mut pending = Vec::new();
-        while let Some(Ok(chunk)) = output.next().await {
-            let bytes = match chunk {
-                LogOutput::StdOut { message }
-                | LogOutput::StdErr { message }
-                | LogOutput::Console { message } => message,
-                LogOutput::StdIn { .. } => continue,
-            };
-            pending.extend_from_slice(&bytes);
-            while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=pos).collect();
-                let line = String::from_utf8_lossy(&line).trim_end().to_string();
-                if sidecar::is_ready_line(&line) {
-                    let _ = ready_tx.send(true);
-                }
-                if let Some(r) = record.as_mut() {
-                    r.record(&line);
-                }
-                if let Ok(mut b) = blocked.lock() {
-                    b.observe(&line);
-                }
-                if let Ok(mut t) = tail_w.lock() {
-                    t.push(line);
-                    let n = t.len();
-                    if n > 20 {
-                        t.drain(..n - 20);
-                    }
-                }
-            }
-        }
-    });
+    tokio::spawn(watch_output(output, ready_tx, record, blocked, tail_w));
 
     engine::start_container(docker, name).await?;
     let _ = started.send(());
