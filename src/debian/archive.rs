@@ -220,6 +220,10 @@ pub async fn pin(
         .buffer_unordered(PARALLEL)
         .try_collect::<Vec<_>>()
         .await?;
+    // Only the suites that supplied a pinned package: a suite that gave
+    // nothing (say -updates, re-signed daily) would otherwise change the
+    // lockfile of every fresh lock without changing a byte of the image.
+    suites.retain(|s| chosen.iter().any(|c| c.suite == s.suite));
     Ok(LockedPackages {
         arch,
         request,

@@ -82,9 +82,24 @@ impl Archive_ {
             deb.len(),
             hex(deb)
         );
-        self.write("dists/s/main/binary-amd64/Packages", packages.as_bytes());
+        self.publish_suite("s", &packages, date, valid_until, by);
+    }
+
+    /// Write suite `suite` with the given `Packages` text, signed.
+    fn publish_suite(
+        &self,
+        suite: &str,
+        packages: &str,
+        date: &str,
+        valid_until: &str,
+        by: Option<&SignedSecretKey>,
+    ) {
+        self.write(
+            &format!("dists/{suite}/main/binary-amd64/Packages"),
+            packages.as_bytes(),
+        );
         let release = format!(
-            "Suite: s\nCodename: s\nDate: {date}\nValid-Until: {valid_until}\nSHA256:\n {} {} main/binary-amd64/Packages\n",
+            "Suite: {suite}\nCodename: {suite}\nDate: {date}\nValid-Until: {valid_until}\nSHA256:\n {} {} main/binary-amd64/Packages\n",
             hex(packages.as_bytes()),
             packages.len()
         );
@@ -97,7 +112,7 @@ impl Archive_ {
         )
         .unwrap();
         self.write(
-            "dists/s/InRelease",
+            &format!("dists/{suite}/InRelease"),
             msg.to_armored_string(ArmorOptions::default())
                 .unwrap()
                 .as_bytes(),
@@ -293,4 +308,29 @@ async fn an_expired_suite_is_refused() {
         msg.contains("expired") && msg.contains("dists/s/InRelease"),
         "{msg}"
     );
+}
+
+/// A suite that supplies no pinned package (Debian's -updates, re-signed
+/// daily) is not recorded, so its new date does not change a fresh lock.
+#[tokio::test]
+async fn a_suite_that_supplied_nothing_is_not_in_the_pins() {
+    let a = Archive_::new();
+    let c = tempfile::tempdir().unwrap();
+    let cache = FetchCache::open(c.path()).unwrap();
+    let mut p = a.packages();
+    p.archive.as_mut().unwrap().suites.push("u".into());
+    let until = "Fri, 01 Jan 2100 00:00:00 UTC";
+    let mut pins = Vec::new();
+    let mut notes = Vec::new();
+    for date in [
+        "Sun, 11 May 2025 00:00:00 UTC",
+        "Mon, 12 May 2025 00:00:00 UTC",
+    ] {
+        a.publish_suite("u", "", date, until, None);
+        let got = pin(&p, "linux/amd64", None, false, &cache, false, &mut notes);
+        pins.push(got.await.unwrap());
+    }
+    let suites: Vec<&str> = pins[0].suites.iter().map(|s| s.suite.as_str()).collect();
+    assert_eq!(suites, ["s"]);
+    assert_eq!(pins[0], pins[1]);
 }

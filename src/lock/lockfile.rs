@@ -52,7 +52,8 @@ pub struct LockedPackages {
     /// sha256 of the recipe's `packages` object and the architecture: the
     /// pins are kept while it is unchanged (unless `--update`).
     pub request: String,
-    /// Each suite that was resolved against, with its `InRelease` date.
+    /// Each suite a pinned package came from, with its `InRelease` date
+    /// (suites that were searched but supplied nothing are not recorded).
     pub suites: Vec<LockedSuite>,
     /// Sorted by name.
     pub packages: Vec<LockedPackage>,
