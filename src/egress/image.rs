@@ -239,7 +239,7 @@ struct Bytes<'a>(&'a [u8]);
 impl Bytes<'_> {
     fn get<const N: usize>(&self, o: usize) -> Result<[u8; N], String> {
         self.0
-            .get(o..o + N)
+            .get(o..o.saturating_add(N))
             .and_then(|s| s.try_into().ok())
             .ok_or_else(|| "truncated".to_string())
     }

@@ -183,12 +183,11 @@ async fn pin_base(
     store: &BlobStore,
     notes: &mut Vec<String>,
 ) -> Result<LockedBase, LockError> {
-    let platform = platform.to_string();
     Ok(match &agent.recipe.from {
         From::Scratch => LockedBase {
             reference: "scratch".into(),
             digest: None,
-            platform: platform.clone(),
+            platform: platform.to_string(),
         },
         From::Reference(r) => {
             let kept = old.filter(|_| !update).and_then(|o| {
@@ -205,13 +204,13 @@ async fn pin_base(
                         });
                     }
                     notes.push(format!("resolving base image {r} for {platform}"));
-                    remote::resolve_digest(r, &platform, store).await?
+                    remote::resolve_digest(r, platform, store).await?
                 }
             };
             LockedBase {
                 reference: r.clone(),
                 digest: Some(digest),
-                platform: platform.clone(),
+                platform: platform.to_string(),
             }
         }
     })
