@@ -19,9 +19,9 @@ use std::collections::HashMap;
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, HostConfigCgroupnsModeEnum, Mount,
-    MountType, MountVolumeOptions, MountVolumeOptionsDriverConfig, NetworkConnectRequest,
-    NetworkCreateRequest, NetworkingConfig,
+    ContainerCreateBody, EndpointSettings, HostConfig, HostConfigCgroupnsModeEnum, Ipam,
+    IpamConfig, Mount, MountType, MountVolumeOptions, MountVolumeOptionsDriverConfig,
+    NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
@@ -30,6 +30,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
+use crate::netpool::Subnet;
 use crate::policy::Limits;
 
 /// First engine release whose internal networks do not forward DNS for
@@ -56,6 +57,13 @@ pub enum EngineError {
         #[source]
         source: BollardError,
     },
+    /// The engine refused a network's subnet because another network
+    /// already overlaps it (a concurrent run took it): try another.
+    #[error("engine: creating network {name}: subnet {subnet} overlaps another network")]
+    SubnetTaken {
+        name: String,
+        subnet: crate::netpool::Subnet,
+    },
     #[error("pulling {reference}: {message}")]
     Pull { reference: String, message: String },
     #[error("loading {tag} into the engine: {message}")]
@@ -75,7 +83,7 @@ impl crate::error::Classify for EngineError {
         use crate::error::ExitKind;
         match self {
             EngineError::DigestMismatch { .. } => ExitKind::Failure,
-            EngineError::Api { .. } => ExitKind::Failure,
+            EngineError::Api { .. } | EngineError::SubnetTaken { .. } => ExitKind::Failure,
             _ => ExitKind::Environment,
         }
     }
@@ -220,13 +228,54 @@ impl EngineSecurity {
 
 /// What the engine reports about its isolation (`GET /info`).
 pub async fn security(docker: &Docker) -> Result<EngineSecurity, EngineError> {
+    Ok(info(docker).await?.security)
+}
+
+/// What the runner reads from the engine's `/info`, in one call.
+#[derive(Debug, Clone)]
+pub struct EngineInfo {
+    pub security: EngineSecurity,
+    /// The engine host's memory in bytes.
+    pub memory_total: Option<u64>,
+}
+
+pub async fn info(docker: &Docker) -> Result<EngineInfo, EngineError> {
     let info = docker
         .info()
         .await
         .map_err(api("reading the engine's info"))?;
-    Ok(EngineSecurity::parse(
-        &info.security_options.unwrap_or_default(),
-    ))
+    Ok(EngineInfo {
+        security: EngineSecurity::parse(&info.security_options.unwrap_or_default()),
+        memory_total: info.mem_total.and_then(|m| u64::try_from(m).ok()),
+    })
+}
+
+/// Whether the engine runs on this host (a unix socket, the default), so
+/// this host's routes, memory and tasks are the engine's.
+pub fn is_local() -> bool {
+    match std::env::var("DOCKER_HOST") {
+        Err(_) => true,
+        Ok(h) => h.is_empty() || h.starts_with("unix://"),
+    }
+}
+
+/// How many bottles exist now (agent containers in any state: a starting
+/// bottle counts as much as a running one).
+pub async fn count_bottles(docker: &Docker) -> Result<usize, EngineError> {
+    let mut filters = HashMap::new();
+    filters.insert(
+        "label".to_string(),
+        vec![format!("{}=agent", crate::plan::LABEL_ROLE)],
+    );
+    let list = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .map_err(api("listing containers"))?;
+    Ok(list.len())
 }
 
 fn labels_map(labels: &[(String, String)]) -> HashMap<String, String> {
@@ -242,6 +291,7 @@ pub async fn create_internal_network(
     name: &str,
     labels: &[(String, String)],
     v: &EngineVersion,
+    subnet: Option<Subnet>,
 ) -> Result<(), EngineError> {
     let mut options = HashMap::new();
     if v.supports_isolated_gateway() {
@@ -260,19 +310,21 @@ pub async fn create_internal_network(
         "com.docker.network.bridge.enable_ip_masquerade".to_string(),
         "false".to_string(),
     );
-    docker
-        .create_network(NetworkCreateRequest {
+    create_network(
+        docker,
+        NetworkCreateRequest {
             name: name.to_string(),
             driver: Some("bridge".into()),
             internal: Some(true),
             attachable: Some(false),
             options: Some(options),
             labels: Some(labels_map(labels)),
+            ipam: ipam(subnet),
             ..Default::default()
-        })
-        .await
-        .map_err(api(format!("creating network {name}")))?;
-    Ok(())
+        },
+        subnet,
+    )
+    .await
 }
 
 /// A plain bridge network for the sidecar's way out.
@@ -280,18 +332,75 @@ pub async fn create_bridge_network(
     docker: &Docker,
     name: &str,
     labels: &[(String, String)],
+    subnet: Option<Subnet>,
 ) -> Result<(), EngineError> {
-    docker
-        .create_network(NetworkCreateRequest {
+    create_network(
+        docker,
+        NetworkCreateRequest {
             name: name.to_string(),
             driver: Some("bridge".into()),
             internal: Some(false),
             labels: Some(labels_map(labels)),
+            ipam: ipam(subnet),
             ..Default::default()
-        })
+        },
+        subnet,
+    )
+    .await
+}
+
+/// `None`: the engine picks from its default pools.
+fn ipam(subnet: Option<Subnet>) -> Option<Ipam> {
+    subnet.map(|s| Ipam {
+        driver: Some("default".into()),
+        config: Some(vec![IpamConfig {
+            subnet: Some(s.to_string()),
+            ..Default::default()
+        }]),
+        options: None,
+    })
+}
+
+async fn create_network(
+    docker: &Docker,
+    request: NetworkCreateRequest,
+    subnet: Option<Subnet>,
+) -> Result<(), EngineError> {
+    let name = request.name.clone();
+    match docker.create_network(request).await {
+        Ok(_) => Ok(()),
+        // Every engine since 1.x words it "Pool overlaps with other one on
+        // this address space" (newer ones prefix "invalid pool request:").
+        Err(e) if subnet.is_some() && is_pool_overlap(&e) => Err(EngineError::SubnetTaken {
+            name,
+            subnet: subnet.expect("checked"),
+        }),
+        Err(e) => Err(api(format!("creating network {name}"))(e)),
+    }
+}
+
+fn is_pool_overlap(e: &BollardError) -> bool {
+    match e {
+        BollardError::DockerResponseServerError { message, .. } => {
+            message.to_ascii_lowercase().contains("overlaps")
+        }
+        _ => false,
+    }
+}
+
+/// The IPv4 subnets of every network the engine has (any owner): run
+/// networks must not overlap them.
+pub async fn network_subnets(docker: &Docker) -> Result<Vec<Subnet>, EngineError> {
+    let networks = docker
+        .list_networks(None::<ListNetworksOptions>)
         .await
-        .map_err(api(format!("creating network {name}")))?;
-    Ok(())
+        .map_err(api("listing networks"))?;
+    Ok(networks
+        .into_iter()
+        .filter_map(|n| n.ipam.and_then(|i| i.config))
+        .flatten()
+        .filter_map(|c| c.subnet.and_then(|s| s.parse::<Subnet>().ok()))
+        .collect())
 }
 
 pub async fn remove_network(docker: &Docker, name: &str) -> Result<(), EngineError> {

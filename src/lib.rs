@@ -19,6 +19,7 @@ pub mod fsutil;
 pub mod host;
 pub mod lock;
 pub mod manifest;
+pub mod netpool;
 pub mod oci;
 pub mod plan;
 pub mod policy;

@@ -110,3 +110,42 @@ fn doctor_without_an_engine_is_exit_3_with_what_to_do() {
     assert_eq!(e["ok"], false);
     assert!(e["fix"].as_str().unwrap().contains("DOCKER_HOST"), "{e}");
 }
+
+#[tokio::test]
+async fn doctor_reports_the_room_for_more_bottles() {
+    if common::require_docker().await.is_none() {
+        return;
+    }
+    let (_, out) = doctor(&[
+        ("BOTTLE_ALLOW_UNPATCHED_ENGINE", "1"),
+        ("BOTTLE_REGISTRY", ""),
+    ]);
+    let cap = fact(&out, "capacity");
+    assert_eq!(cap["ok"], true, "{cap}");
+    let detail = cap["detail"].as_str().unwrap();
+    for want in [
+        "bottles exist",
+        "pool 198.18.0.0/15",
+        "of 8192 subnets free",
+        "MiB memory available",
+    ] {
+        assert!(detail.contains(want), "missing `{want}`: {detail}");
+    }
+
+    // A pool with one slot has no room for a bottle's two networks.
+    let (_, out) = doctor(&[
+        ("BOTTLE_ALLOW_UNPATCHED_ENGINE", "1"),
+        ("BOTTLE_REGISTRY", ""),
+        ("BOTTLE_SUBNET_POOL", "10.252.9.0/28"),
+    ]);
+    let cap = fact(&out, "capacity");
+    assert_eq!(cap["ok"], false, "{cap}");
+    assert!(
+        cap["detail"].as_str().unwrap().contains("room for 0 more"),
+        "{cap}"
+    );
+    assert!(
+        cap["fix"].as_str().unwrap().contains("BOTTLE_SUBNET_POOL"),
+        "{cap}"
+    );
+}

@@ -25,7 +25,7 @@ async fn a_panic_mid_run_still_tears_down() {
         let mut guard = Teardown::new();
         guard.tempdir(dir);
         guard.network(&n);
-        bottle::engine::create_bridge_network(&d, &n, &labels)
+        bottle::engine::create_bridge_network(&d, &n, &labels, None)
             .await
             .unwrap();
         assert!(

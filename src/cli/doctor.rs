@@ -8,6 +8,8 @@ use std::path::Path;
 use super::CliResult;
 use super::common::{RegistryOpt, print_result};
 use crate::engine::{self, EngineVersion, MIN_ISOLATED_GATEWAY, MIN_PATCHED};
+use crate::netpool::Pool;
+use crate::runner::capacity::{self, Capacity};
 
 #[derive(clap::Args, Debug)]
 pub(super) struct Args {
@@ -17,8 +19,15 @@ pub(super) struct Args {
     /// Judge `run` as if it were given --allow-unpatched-engine.
     #[arg(long, env = "BOTTLE_ALLOW_UNPATCHED_ENGINE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
     pub allow_unpatched_engine: bool,
+    /// The address range `run` takes its networks' subnets from (as for `bottle run`)
+    #[arg(long, env = "BOTTLE_SUBNET_POOL", value_name = "CIDR", value_parser = parse_pool)]
+    pub subnet_pool: Option<Pool>,
     #[command(flatten)]
     pub registry: RegistryOpt,
+}
+
+fn parse_pool(s: &str) -> Result<Pool, String> {
+    Pool::parse(s).map_err(|e| e.to_string())
 }
 
 /// One line of the report.
@@ -47,7 +56,8 @@ fn ver((a, b, c): (u32, u32, u32)) -> String {
 
 pub(super) async fn exec(args: Args) -> CliResult {
     let mut facts = Vec::new();
-    let engine_ready = engine_facts(&mut facts, args.allow_unpatched_engine).await;
+    let pool = args.subnet_pool.unwrap_or_else(Pool::default_pool);
+    let engine_ready = engine_facts(&mut facts, args.allow_unpatched_engine, pool).await;
     facts.push(registry_fact(args.registry.get().as_deref()).await);
     let cache = crate::lock::fetch::default_cache_root();
     facts.push(fact(
@@ -87,7 +97,7 @@ pub(super) async fn exec(args: Args) -> CliResult {
 
 /// Engine, API, DNS fix, gateway isolation, user namespaces. Returns whether
 /// `run` will work.
-async fn engine_facts(facts: &mut Vec<Fact>, allow_unpatched: bool) -> bool {
+async fn engine_facts(facts: &mut Vec<Fact>, allow_unpatched: bool, pool: Pool) -> bool {
     let docker = match engine::connect().await {
         Ok(d) => d,
         Err(e) => {
@@ -123,7 +133,50 @@ async fn engine_facts(facts: &mut Vec<Fact>, allow_unpatched: bool) -> bool {
     facts.push(dns);
     facts.push(gateway_fact(&version));
     facts.push(userns_fact(&docker).await);
+    facts.push(capacity_fact(&docker, pool).await);
     run_ok
+}
+
+/// How many more bottles fit: addresses, memory, tasks (as `run`'s
+/// admission judges them).
+async fn capacity_fact(docker: &bollard::Docker, pool: Pool) -> Fact {
+    let total = engine::info(docker).await.ok().and_then(|i| i.memory_total);
+    let c = match capacity::survey(docker, pool, total).await {
+        Ok(c) => c,
+        Err(e) => return fact("capacity", false, e.to_string(), None),
+    };
+    let room = c.free_subnets / 2;
+    let detail = capacity_detail(&c, room);
+    let mut fix = None;
+    if room == 0 {
+        fix = Some(format!(
+            "no room for another bottle in pool {pool}: `bottle gc` removes stale ones; or set BOTTLE_SUBNET_POOL to a larger or unused private range"
+        ));
+    } else if let Some(e) = pool.engine_overlaps().first() {
+        fix = Some(format!(
+            "pool {pool} overlaps the engine's default pool {e}: bottles then compete with compose projects for addresses"
+        ));
+    }
+    fact("capacity", room > 0, detail, fix)
+}
+
+fn capacity_detail(c: &Capacity, room: u32) -> String {
+    let mut parts = vec![
+        format!("{} bottles exist", c.running),
+        format!(
+            "pool {}: {} of {} subnets free (room for {room} more bottles)",
+            c.pool, c.free_subnets, c.pool_slots
+        ),
+    ];
+    match (c.memory_available_mib, c.memory_total_mib) {
+        (Some(a), Some(t)) => parts.push(format!("{a} of {t} MiB memory available")),
+        (None, Some(t)) => parts.push(format!("{t} MiB memory on the engine's host")),
+        _ => {}
+    }
+    if let (Some(t), Some(m)) = (c.tasks, c.task_max) {
+        parts.push(format!("{t} of at most {m} tasks"));
+    }
+    parts.join("; ")
 }
 
 fn dns_fact(v: &EngineVersion, allow_unpatched: bool) -> (Fact, bool) {

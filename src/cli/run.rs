@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use super::common::{ProjectOpt, RegistryOpt};
 use super::{CliError, CliResult};
+use crate::netpool::Pool;
 use crate::plan::{EnvValue, RunOptions, RunPlan};
 use crate::policy::SidecarKind;
 use crate::reference::Reference;
@@ -71,6 +72,10 @@ pub(super) struct Args {
     /// Run on a Docker engine older than 25.0.5 (CVE-2024-29018) with bottle's DNS mitigation
     #[arg(long, env = "BOTTLE_ALLOW_UNPATCHED_ENGINE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
     allow_unpatched_engine: bool,
+
+    /// Address range the run's networks get their small subnets from (default 198.18.0.0/15, a range no real network uses; it must be private, shared or benchmarking space)
+    #[arg(long, env = "BOTTLE_SUBNET_POOL", value_name = "CIDR", value_parser = parse_pool)]
+    subnet_pool: Option<Pool>,
 
     /// Sidecar image to use instead of the default, pinned by digest (<registry>/<repo>@sha256:…)
     #[arg(long, env = "BOTTLE_SIDECAR_IMAGE", value_name = "REF")]
@@ -140,6 +145,7 @@ pub(super) async fn exec(args: Args) -> CliResult {
         root: args.project.root.clone(),
         options,
         allow_unpatched_engine: args.allow_unpatched_engine,
+        pool: args.subnet_pool.unwrap_or_else(Pool::default_pool),
     };
 
     if args.dry_run {
@@ -340,4 +346,8 @@ fn render_plan(plan: &RunPlan, config: &str) -> String {
         s.push('\n');
     }
     s
+}
+
+fn parse_pool(s: &str) -> Result<Pool, String> {
+    Pool::parse(s).map_err(|e| e.to_string())
 }

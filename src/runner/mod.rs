@@ -16,7 +16,9 @@
 //!   enter the plan, a file, a label or argv.
 
 pub mod audit;
+pub mod capacity;
 pub mod gc;
+pub mod networks;
 pub mod owner;
 pub mod secrets;
 pub mod session;
@@ -37,6 +39,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::acquire::{self, AcquireError, Located, Source};
 use crate::engine::{self, ContainerSpec, EngineError, EngineVersion, HomeMount, PullProgress};
+use crate::netpool::{Pool, Subnet};
 use crate::plan::{
     self, ImageFacts, PlanError, RunIdentity, RunOptions, RunPlan, SIDECAR_CONFIG_DIR, SidecarImage,
 };
@@ -84,6 +87,11 @@ pub enum RunError {
     Egress(#[from] crate::egress::EgressError),
     #[error(transparent)]
     Acquire(#[from] AcquireError),
+    /// Admission: the engine or host cannot take another bottle now.
+    #[error("cannot start another bottle: {0}")]
+    Capacity(#[from] capacity::Refusal),
+    #[error(transparent)]
+    Networks(#[from] networks::RunNetworkError),
     #[error("stopped by {signal}")]
     Stopped { signal: &'static str, code: u8 },
     #[error("the egress sidecar {name} stopped mid-run ({how})")]
@@ -112,6 +120,9 @@ impl crate::error::Classify for RunError {
             RunError::Egress(e) => e.exit_kind(),
             RunError::Acquire(e) => e.exit_kind(),
             RunError::Plan(e) => e.exit_kind(),
+            RunError::Capacity(e) => e.exit_kind(),
+            RunError::Networks(networks::RunNetworkError::Engine(e)) => e.exit_kind(),
+            RunError::Networks(networks::RunNetworkError::Exhausted(_)) => ExitKind::Environment,
             RunError::Policy { .. } | RunError::DryRunNeedsLock(_) => ExitKind::BadInput,
             RunError::Sidecar { .. } | RunError::Stopped { .. } | RunError::SidecarLost { .. } => {
                 ExitKind::Failure
@@ -132,6 +143,8 @@ pub struct Request {
     pub allow_unpatched_engine: bool,
     /// Use this sidecar image (`repo@sha256:…`) instead of the default.
     pub sidecar_image: Option<String>,
+    /// Where the run's networks get their subnets.
+    pub pool: Pool,
 }
 
 /// Find the project root (see [`crate::acquire::project_root`]).
@@ -233,6 +246,9 @@ pub struct Prepared {
     pub source: Source,
     /// Human detail about that (e.g. why the registry was passed over).
     pub notes: Vec<String>,
+    pub pool: Pool,
+    /// What the engine and host had when the run was admitted.
+    pub capacity: capacity::Capacity,
 }
 
 /// Connect, check the engine, pull by digest, verify it, read the policy,
@@ -246,7 +262,7 @@ pub async fn prepare(
     let docker = engine::connect().await?;
     let version = engine::version(&docker).await?;
     engine::check_version(&version, req.allow_unpatched_engine)?;
-    let security = engine::security(&docker).await?;
+    let engine_info = engine::info(&docker).await?;
     phases.mark("engine connected and checked");
 
     let store = crate::oci::BlobStore::open_default().map_err(AcquireError::from)?;
@@ -308,8 +324,13 @@ pub async fn prepare(
         &host_env_names(),
         &identity(),
     )?;
-    p.engine = Some(security);
+    p.engine = Some(engine_info.security);
     let sidecar_config = sidecar::config(&policy, &p)?;
+    // Admission last, on the freshest snapshot, and still before anything
+    // is created.
+    let capacity = capacity::survey(&docker, req.pool, engine_info.memory_total).await?;
+    capacity::admit(&capacity, &demand(&p))?;
+    phases.mark("admitted");
     Ok(Prepared {
         docker,
         plan: p,
@@ -317,7 +338,19 @@ pub async fn prepare(
         sidecar_config,
         source: acquired.source,
         notes: acquired.notes,
+        pool: req.pool,
+        capacity,
     })
+}
+
+/// What this run asks of the host: its networks, and the agent's and the
+/// sidecar's limits together.
+fn demand(p: &RunPlan) -> capacity::Demand {
+    capacity::Demand {
+        subnets: if p.networks.egress_created { 2 } else { 1 },
+        memory_mib: p.limits.memory_mib + SIDECAR_LIMITS.memory_mib,
+        pids: p.limits.pids + SIDECAR_LIMITS.pids,
+    }
 }
 
 /// The builtin sidecar's image, loaded into the engine from this binary.
@@ -509,23 +542,26 @@ async fn start_and_run(
     let mut phases = Phases::new();
     let net = &plan.networks;
     check(&stop)?;
-    let labels = plan.network_labels();
     guard.network(&net.internal);
     if net.egress_created {
         guard.network(&net.egress);
     }
-    let (internal, egress) = tokio::join!(
-        engine::create_internal_network(docker, &net.internal, &labels, version),
-        async {
-            if net.egress_created {
-                engine::create_bridge_network(docker, &net.egress, &labels).await
-            } else {
-                Ok(())
-            }
-        }
-    );
-    internal?;
-    egress?;
+    let subnets: Vec<Subnet> = networks::create(
+        docker,
+        plan,
+        version,
+        prepared.pool,
+        &prepared.capacity.taken,
+    )
+    .await?;
+    phases.mark(&format!(
+        "networks created on {}",
+        subnets
+            .iter()
+            .map(Subnet::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
 
     check(&stop)?;
     // Registered before the sidecar that creates it: the home volume.
@@ -850,6 +886,10 @@ async fn start_sidecar(
     drop(input);
 
     let deadline = tokio::time::Instant::now() + SIDECAR_READY_TIMEOUT;
+    // The ready line usually ends the wait; the engine is asked about the
+    // sidecar (did it exit? does its port answer?) at growing intervals,
+    // so a hundred bottles starting at once do not flood it with inspects.
+    let mut interval = Duration::from_millis(50);
     loop {
         check(stop)?;
         if *ready_rx.borrow_and_update() {
@@ -902,7 +942,8 @@ async fn start_sidecar(
             )
             .await);
         }
-        let _ = tokio::time::timeout(Duration::from_millis(50), ready_rx.changed()).await;
+        let _ = tokio::time::timeout(interval, ready_rx.changed()).await;
+        interval = (interval * 2).min(Duration::from_millis(800));
     }
 }
 
