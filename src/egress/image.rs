@@ -171,7 +171,38 @@ pub async fn ensure_builtin_image(docker: &Docker) -> Result<String, EgressError
     let exe = std::env::current_exe()
         .map_err(|e| EgressError::Image(format!("cannot find the running executable: {e}")))?;
     let store = BlobStore::open_default().map_err(EgressError::Build)?;
+    // Many runs starting at once with a new binary would each build and
+    // load the same image; one does while the others wait, then find its
+    // layers in the store and the image in the engine.
+    let _lock = BuildLock::take(store.root()).await;
     ensure_image_from(docker, &exe, &store).await
+}
+
+/// An exclusive `flock` on `<store>/builtin-sidecar.lock`, released on drop
+/// (and by the kernel if the process dies). Best effort: without it the
+/// build is still correct, only repeated.
+struct BuildLock {
+    _file: Option<std::fs::File>,
+}
+
+impl BuildLock {
+    async fn take(store_root: &Path) -> BuildLock {
+        let path = store_root.join("builtin-sidecar.lock");
+        let file = tokio::task::spawn_blocking(move || {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .ok()?;
+            rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).ok()?;
+            Some(f)
+        })
+        .await
+        .ok()
+        .flatten();
+        BuildLock { _file: file }
+    }
 }
 
 /// [`ensure_builtin_image`] for a given executable and blob store.
