@@ -594,6 +594,16 @@ async fn inspect_image(
             (i, Origin::Registry(loc.to_string()))
         }
         Err(_) => {
+            // Not here and nowhere to pull from: the lockfile that locks
+            // this digest says the same (it is what `run` would realize).
+            let agent = reference.agent().unwrap_or_default();
+            if let Some((path, lock)) = matching_lock(root, agent, &loc.digest) {
+                return Ok(Inspected {
+                    summary: from_lockfile(&lock),
+                    origin: Origin::Lockfile(path),
+                    provenance_from: None,
+                });
+            }
             return Err(InspectError::Nowhere {
                 what: loc.to_string(),
             });

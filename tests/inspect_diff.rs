@@ -69,8 +69,13 @@ fn inspect_gives_the_same_json_from_every_source() {
     assert_eq!(by_name["packages"][0]["name"], "busybox-static");
     assert_eq!(by_name["base"]["reference"], "scratch");
 
-    // Not in the store yet: the reference by digest says where to look.
-    let missing = p.bottle(&["inspect", &format!("hello@{d}")], NONE, &[]);
+    // Not in the store yet: the lockfile that locks the digest answers; a
+    // digest nothing here has is exit 3, saying where to look.
+    let locked = p.bottle(&["inspect", &format!("hello@{d}"), "--json"], NONE, &[]);
+    assert_eq!(json_of(&locked), by_name);
+    assert!(locked.stderr.contains("inspected lockfile"), "{locked:?}");
+    let unknown = format!("hello@sha256:{}", "0".repeat(64));
+    let missing = p.bottle(&["inspect", &unknown], NONE, &[]);
     assert_eq!(missing.code, 3, "{missing:?}");
     assert!(
         missing.stderr.contains("not in the local store"),
@@ -80,8 +85,9 @@ fn inspect_gives_the_same_json_from_every_source() {
     // `check` rebuilds the image into the store.
     let check = p.bottle(&["check", "hello"], NONE, &[]);
     assert_eq!(check.code, 0, "{check:?}");
-    let store = json_of(&p.bottle(&["inspect", &format!("hello@{d}"), "--json"], NONE, &[]));
-    assert_eq!(store, by_name, "store and lockfile differ");
+    let store = p.bottle(&["inspect", &format!("hello@{d}"), "--json"], NONE, &[]);
+    assert!(store.stderr.contains("in the local store"), "{store:?}");
+    assert_eq!(json_of(&store), by_name, "store and lockfile differ");
 
     // An archive, inspected without importing it.
     let tar = p.dir.path().join("hello.tar");
@@ -96,8 +102,12 @@ fn inspect_gives_the_same_json_from_every_source() {
     let push = p.bottle(&["push", "hello", "--to", &to], NONE, &[]);
     assert_eq!(push.code, 0, "{push:?}");
     let other = Project::new(&["hello"], Variation::default());
-    let remote = json_of(&other.bottle(&["inspect", &format!("{to}@{d}"), "--json"], NONE, &[]));
-    assert_eq!(remote, by_name, "registry and lockfile differ");
+    let remote = other.bottle(&["inspect", &format!("{to}@{d}"), "--json"], NONE, &[]);
+    assert!(
+        remote.stderr.contains("pulled from its registry"),
+        "{remote:?}"
+    );
+    assert_eq!(json_of(&remote), by_name, "registry and lockfile differ");
 
     // Without a lockfile that locks it, only the image speaks: the same
     // capabilities, but no layer provenance, inputs or base.
