@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::host::Pattern;
-use crate::inspect::{BaseFacts, LimitFacts, SidecarFacts, Summary};
+use crate::inspect::{BaseFacts, LimitFacts, Provenance, SidecarFacts, Summary};
 use crate::policy::SecretBinding;
 
 /// Version of the [`Review`] JSON shape (README, "bottle diff").
@@ -164,9 +164,13 @@ pub struct ContentDiff {
     /// inputs), valued by its URL or source and its pin.
     pub inputs: MapDiff<String>,
     pub base: Option<Changed<Option<BaseFacts>>>,
-    /// Layers by name, valued by digest.
+    /// Layers by name, valued by digest (by position, `layer:<i>`, when a
+    /// side has no lockfile provenance).
     pub layers: MapDiff<String>,
     pub image: Option<Changed<String>>,
+    /// What could not be compared, and why (empty when both sides came
+    /// with a lockfile).
+    pub not_compared: Vec<String>,
 }
 
 impl CapabilityDiff {
@@ -334,6 +338,9 @@ fn inputs_by(s: &Summary, skills: bool) -> BTreeMap<String, String> {
 }
 
 fn contents(a: &Summary, b: &Summary) -> ContentDiff {
+    // Without a lockfile on both sides, names and inputs are unknown on
+    // one: comparing them would report everything as added or removed.
+    let known = a.provenance == Provenance::Lockfile && b.provenance == Provenance::Lockfile;
     let packages = |s: &Summary| -> BTreeMap<String, String> {
         s.packages
             .iter()
@@ -344,14 +351,39 @@ fn contents(a: &Summary, b: &Summary) -> ContentDiff {
     let layers = |s: &Summary| -> BTreeMap<String, String> {
         s.layers
             .iter()
-            .map(|l| (l.name.clone(), l.digest.clone()))
+            .enumerate()
+            .map(|(i, l)| {
+                let name = if known {
+                    l.name.clone()
+                } else {
+                    format!("layer:{i:03}")
+                };
+                (name, l.digest.clone())
+            })
             .collect()
     };
+    let empty = MapDiff {
+        added: Vec::new(),
+        removed: Vec::new(),
+        changed: Vec::new(),
+    };
     ContentDiff {
-        skills: MapDiff::of(&inputs_by(a, true), &inputs_by(b, true)),
-        packages: MapDiff::of(&packages(a), &packages(b)),
-        inputs: MapDiff::of(&inputs_by(a, false), &inputs_by(b, false)),
-        base: (a.base != b.base).then(|| Changed {
+        skills: if known {
+            MapDiff::of(&inputs_by(a, true), &inputs_by(b, true))
+        } else {
+            empty.clone()
+        },
+        packages: if known {
+            MapDiff::of(&packages(a), &packages(b))
+        } else {
+            empty.clone()
+        },
+        inputs: if known {
+            MapDiff::of(&inputs_by(a, false), &inputs_by(b, false))
+        } else {
+            empty
+        },
+        base: (known && a.base != b.base).then(|| Changed {
             name: "base".into(),
             from: a.base.clone(),
             to: b.base.clone(),
@@ -362,6 +394,13 @@ fn contents(a: &Summary, b: &Summary) -> ContentDiff {
             from: a.image.manifest_digest.clone(),
             to: b.image.manifest_digest.clone(),
         }),
+        not_compared: if known {
+            Vec::new()
+        } else {
+            vec![
+                "skills, packages, inputs and base: a side has no lockfile that locks its digest; layers are compared by position".into(),
+            ]
+        },
     }
 }
 
@@ -475,6 +514,11 @@ pub fn content_lines(c: &ContentDiff) -> Vec<String> {
     if let Some(i) = &c.image {
         out.push(format!("~ image {} -> {}", i.from, i.to));
     }
+    out.extend(
+        c.not_compared
+            .iter()
+            .map(|n| format!("? not compared: {n}")),
+    );
     out
 }
 
@@ -654,6 +698,26 @@ mod tests {
         d.capabilities.secrets.clear();
         assert!(!review(&a, &d).grew);
         assert!(review(&d, &a).grew);
+    }
+
+    #[test]
+    fn a_side_without_provenance_is_compared_by_position_only() {
+        let a = hello();
+        let mut b = hello();
+        b.provenance = Provenance::Image;
+        b.inputs = None;
+        b.packages = None;
+        b.base = None;
+        for (i, l) in b.layers.iter_mut().enumerate() {
+            l.name = format!("layer:{i}");
+        }
+        let r = review(&a, &b);
+        assert!(!r.grew);
+        assert!(r.contents.skills.is_empty(), "{:?}", r.contents.skills);
+        assert!(r.contents.layers.is_empty(), "{:?}", r.contents.layers);
+        assert!(r.contents.base.is_none());
+        assert_eq!(r.contents.not_compared.len(), 1);
+        assert_eq!(content_lines(&r.contents).len(), 1);
     }
 
     #[test]
