@@ -1,6 +1,10 @@
 //! `bottle check [<agent>…|--all]`: for CI. Exit 0 when every lockfile is up
 //! to date and rebuilds to its digest, 1 when any is not, 2 for bad input, 3
-//! when the environment is missing something.
+//! when the environment is missing something. Under `--all` an agent with no
+//! lockfile is reported `unlocked` and does not fail (nothing of it can run
+//! by name). `--json`: an array of agent objects, or with `--all`
+//! `{"schema": 1, "agents": [...], "summary": {...}}` (README, "Reviewing a
+//! bottle").
 
 use super::common::{ProjectOpt, RegistryOpt, print_result};
 use super::{CliError, CliResult};
