@@ -333,6 +333,12 @@ fn bad_references_are_exit_2_and_say_what_is_wrong() {
         );
         assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
     }
+    // A file that is neither a lockfile nor an archive.
+    p.write("junk.tar", "this is not a tar archive\n");
+    let out = p.bottle(&["inspect", "junk.tar"], NONE, &[]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("archive"), "{out:?}");
+    assert!(out.stderr.contains("junk.tar"), "{out:?}");
     // A damaged lockfile names its field.
     p.edit_json("lockfiles/hello.lock.json", |v| {
         v["image"]["manifest_digest"] = json!("sha256:nothex")
