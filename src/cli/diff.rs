@@ -30,6 +30,7 @@ pub(super) struct Args {
     /// Same as `--format json`.
     #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// How to print the review on stdout.
     #[arg(long, value_enum, default_value = "human")]
     pub format: Format,
     #[command(flatten)]
