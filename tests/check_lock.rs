@@ -99,6 +99,15 @@ fn tampered_digest_fails_and_names_what_differs() {
         "{problems}"
     );
     assert!(!problems.contains("`config` differs"), "{problems}");
+    // The first difference is the lowest layer that differs.
+    assert_eq!(r["status"], "differs");
+    assert_eq!(
+        r["first_difference"]["kind"], "layer",
+        "{}",
+        r["first_difference"]
+    );
+    assert_eq!(r["first_difference"]["name"], "skill:greet");
+    assert_ne!(r["expected_digest"], r["actual_digest"]);
 }
 
 #[test]
@@ -187,4 +196,62 @@ fn a_closed_stdout_is_not_a_crash() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The documented `check --all --json` shape: `{schema, agents, summary}`,
+/// one object per agent with its status, expected and actual digests and
+/// the first difference; an agent that was never locked is `unlocked` and
+/// does not fail `--all` (it still fails when named).
+#[test]
+fn check_all_json_has_one_object_per_agent_and_a_summary() {
+    if !ready() {
+        return;
+    }
+    let p = Project::new(&["hello", "claude"], Variation::default());
+    assert!(!p.path("lockfiles/claude.lock.json").exists());
+    let out = p.bottle(&["check", "--all", "--json"], Some(""), &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(v["schema"], 1);
+    let agents = v["agents"].as_array().unwrap();
+    let names: Vec<&str> = agents
+        .iter()
+        .map(|a| a["agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["claude", "hello"]);
+    let hello = &agents[1];
+    assert_eq!(hello["status"], "ok");
+    let locked = serde_json::from_slice::<serde_json::Value>(&p.read(L)).unwrap()["image"]
+        ["manifest_digest"]
+        .clone();
+    assert_eq!(hello["expected_digest"], locked);
+    assert_eq!(hello["actual_digest"], locked);
+    assert_eq!(hello["first_difference"], serde_json::Value::Null);
+    assert_eq!(agents[0]["status"], "unlocked");
+    assert_eq!(agents[0]["first_difference"]["name"], "lockfile");
+    assert_eq!(
+        v["summary"],
+        json!({"agents": 2, "ok": 1, "stale": 0, "differs": 0, "unlocked": 1, "error": 0, "exit": 0})
+    );
+    // Named, the unlocked agent fails as before.
+    let named = p.bottle(&["check", "claude"], Some(""), &[]);
+    assert_eq!(named.code, 1, "{named:?}");
+
+    // A stale lockfile: status, first differing input, summary and exit 1.
+    p.write("agents/hello/skills/greet/extra.txt", "new file\n");
+    let out = p.bottle(&["check", "--all", "--json"], Some(""), &[]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let hello = &v["agents"][1];
+    assert_eq!(hello["status"], "stale");
+    assert_eq!(
+        hello["first_difference"]["kind"], "input",
+        "{}",
+        hello["first_difference"]
+    );
+    assert_eq!(hello["first_difference"]["name"], "skill:greet");
+    assert_eq!(hello["expected_digest"], locked);
+    assert_eq!(hello["actual_digest"], serde_json::Value::Null);
+    assert_eq!(v["summary"]["stale"], 1);
+    assert_eq!(v["summary"]["exit"], 1);
 }

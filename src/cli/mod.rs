@@ -9,10 +9,12 @@ mod common;
 mod error;
 
 mod check;
+mod diff;
 mod doctor;
 mod export;
 mod gc;
 mod import;
+mod inspect;
 mod lock;
 mod logs;
 mod proxy;
@@ -49,6 +51,10 @@ enum Command {
     Lock(lock::Args),
     /// CI gate: is each lockfile up to date, and does a rebuild from it give the same digest? (exit 0/1)
     Check(check::Args),
+    /// What a locked bottle may do (hosts, env, secrets, limits, sidecar) and what it is (layers, inputs, packages, base), from a lockfile, the store, a registry or an archive; nothing runs
+    Inspect(inspect::Args),
+    /// Compare two bottles, capabilities first (exit 0 when they did not grow, 1 when they did); one <agent> compares its lockfile with git's HEAD
+    Diff(diff::Args),
     /// Run a locked bottle by digest behind its egress sidecar: <agent> | <agent>@sha256:… | <registry>/<repo>@sha256:…
     Run(Box<run::Args>),
     /// List running bottles
@@ -114,6 +120,8 @@ async fn dispatch(command: Command) -> CliResult {
     match command {
         Command::Lock(a) => guarded(interruptible(lock::exec(a)).await),
         Command::Check(a) => guarded(interruptible(check::exec(a)).await),
+        Command::Inspect(a) => guarded(interruptible(inspect::exec(a)).await),
+        Command::Diff(a) => guarded(interruptible(diff::exec(a)).await),
         Command::Run(a) => run::exec(*a).await,
         Command::Ps(a) => ps::exec(a).await,
         Command::Gc(a) => gc::exec(a).await,

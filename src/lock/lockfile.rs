@@ -166,22 +166,31 @@ impl Lockfile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(LockError::io("cannot read", &path, e)),
         };
-        let lock: Lockfile = json::parse(&rel, &text, LOCK_HELP)?;
-        if lock.schema != LOCK_SCHEMA {
-            return Err(LockError::lockfile(
-                &rel,
-                "schema",
-                &format!(
-                    "schema {} is not supported (this bottle reads schema {LOCK_SCHEMA})",
-                    lock.schema
-                ),
-            ));
-        }
+        let lock = Lockfile::parse(&rel, &text)?;
         if lock.agent != agent {
             return Err(LockError::lockfile(
                 &rel,
                 "agent",
                 &format!("names agent `{}`, not `{agent}`", lock.agent),
+            ));
+        }
+        Ok(Some(lock))
+    }
+
+    /// Parse and validate the text of a lockfile; `file` names it in errors
+    /// (a project-relative path, a path given on the command line, or
+    /// `HEAD:lockfiles/<agent>.lock.json`). The agent is not checked
+    /// against the file name ([`Lockfile::read`] does that).
+    pub fn parse(file: &str, text: &str) -> Result<Lockfile, LockError> {
+        let lock: Lockfile = json::parse(file, text, LOCK_HELP)?;
+        if lock.schema != LOCK_SCHEMA {
+            return Err(LockError::lockfile(
+                file,
+                "schema",
+                &format!(
+                    "schema {} is not supported (this bottle reads schema {LOCK_SCHEMA})",
+                    lock.schema
+                ),
             ));
         }
         for (field, d) in [
@@ -191,7 +200,7 @@ impl Lockfile {
         ] {
             if !is_digest(d) {
                 return Err(LockError::lockfile(
-                    &rel,
+                    file,
                     field,
                     &format!("`{d}` is not `sha256:` followed by 64 lowercase hex digits"),
                 ));
@@ -200,7 +209,7 @@ impl Lockfile {
         if let Some(d) = &lock.base.digest {
             if !is_digest(d) {
                 return Err(LockError::lockfile(
-                    &rel,
+                    file,
                     "base.digest",
                     &format!("`{d}` is not a sha256 digest"),
                 ));
@@ -208,8 +217,8 @@ impl Lockfile {
         }
         lock.policy
             .validate()
-            .map_err(|e| LockError::lockfile(&rel, "policy", &e.to_string()))?;
-        Ok(Some(lock))
+            .map_err(|e| LockError::lockfile(file, "policy", &e.to_string()))?;
+        Ok(lock)
     }
 
     /// Write atomically: temp file beside the target, fsync, rename.

@@ -540,6 +540,67 @@ pub struct CheckReport {
     pub rebuilt_digest: Option<String>,
     /// What differs, one line each.
     pub problems: Vec<String>,
+    pub status: CheckStatus,
+    /// The first input, layer or lockfile field that differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_difference: Option<Difference>,
+}
+
+/// `check`'s verdict in one word (README, "check --json").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    /// Up to date and rebuilds to its digest.
+    Ok,
+    /// The manifest or an input changed since the lockfile was written.
+    Stale,
+    /// Up to date, but the rebuild has another digest.
+    Differs,
+    /// The agent has no lockfile.
+    Unlocked,
+}
+
+/// What `check` found different first.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Difference {
+    /// `input`, `layer`, `config` (the image config) or `field` (a
+    /// lockfile field: `base`, `policy`, `env`, `sidecar`, `packages`,
+    /// `inputs_hash`, `lockfile`).
+    pub kind: &'static str,
+    /// The input or layer name, or the field.
+    pub name: String,
+    /// The problem line that says it.
+    pub detail: String,
+}
+
+impl Difference {
+    /// Classify one of `check`'s problem lines (this module writes them:
+    /// "input `<name>` …", "fetch:/<path>: …", "<field>: …").
+    fn of_problem(line: &str) -> Difference {
+        let detail = line.to_string();
+        if let Some(rest) = line.strip_prefix("input `") {
+            if let Some((name, _)) = rest.split_once('`') {
+                return Difference {
+                    kind: "input",
+                    name: name.into(),
+                    detail,
+                };
+            }
+        }
+        let head = line.split(": ").next().unwrap_or(line);
+        if head.starts_with("fetch:/") {
+            return Difference {
+                kind: "input",
+                name: head.into(),
+                detail,
+            };
+        }
+        Difference {
+            kind: "field",
+            name: head.split_whitespace().next().unwrap_or(head).into(),
+            detail,
+        }
+    }
 }
 
 impl CheckReport {
@@ -568,12 +629,19 @@ pub async fn rebuild_from_lock(
         locked_digest: None,
         rebuilt_digest: None,
         problems: Vec::new(),
+        status: CheckStatus::Stale,
+        first_difference: None,
     };
     let file = lockfile::rel_path(agent_name);
     let Some(lock) = Lockfile::read(&ctx.root, agent_name)? else {
-        report.problems.push(format!(
-            "{file} does not exist: run `bottle lock {agent_name}`"
-        ));
+        let line = format!("{file} does not exist: run `bottle lock {agent_name}`");
+        report.status = CheckStatus::Unlocked;
+        report.first_difference = Some(Difference {
+            kind: "field",
+            name: "lockfile".into(),
+            detail: line.clone(),
+        });
+        report.problems.push(line);
         return Ok((report, None));
     };
     report.locked_digest = Some(lock.image.manifest_digest.clone());
@@ -673,6 +741,7 @@ pub async fn rebuild_from_lock(
         problems.push("sidecar: the lockfile's sidecar kind is not the manifest's".into());
     }
     if !problems.is_empty() {
+        report.first_difference = problems.first().map(|l| Difference::of_problem(l));
         problems.push(format!("run `bottle lock {agent_name}` and commit {file}"));
         report.problems = problems;
         return Ok((report, None));
@@ -704,9 +773,15 @@ pub async fn rebuild_from_lock(
     report.rebuilt_digest = Some(built.manifest_digest.clone());
     let same = built.manifest_digest == lock.image.manifest_digest;
     report.reproducible = Some(same);
+    report.status = if same {
+        CheckStatus::Ok
+    } else {
+        CheckStatus::Differs
+    };
     if !same {
         let rebuilt = locked_image(&lock.image.repository, &built);
         report.problems = diff_images(&lock.image, &rebuilt, &store);
+        report.first_difference = Some(first_layer_difference(&lock.image, &rebuilt));
     }
     Ok((report, Some(built)))
 }
@@ -767,6 +842,47 @@ fn diff_inputs(locked: &[LockedInput], now: &[LockedInput]) -> Vec<String> {
     out
 }
 
+/// The lowest layer that differs (by position), else the image config.
+fn first_layer_difference(locked: &LockedImage, rebuilt: &LockedImage) -> Difference {
+    let n = locked.layers.len().max(rebuilt.layers.len());
+    for i in 0..n {
+        match (locked.layers.get(i), rebuilt.layers.get(i)) {
+            (Some(l), Some(r)) if l.name == r.name && l.digest == r.digest => {}
+            (l, r) => {
+                let name = r.or(l).map(|x| x.name.clone()).unwrap_or_default();
+                let detail = format!(
+                    "layer {i} `{name}`: lockfile {}, rebuild {}",
+                    l.map_or("(none)", |x| x.digest.as_str()),
+                    r.map_or("(none)", |x| x.digest.as_str()),
+                );
+                return Difference {
+                    kind: "layer",
+                    name,
+                    detail,
+                };
+            }
+        }
+    }
+    if locked.config_digest != rebuilt.config_digest {
+        return Difference {
+            kind: "config",
+            name: "config".into(),
+            detail: format!(
+                "image config: lockfile {}, rebuild {}",
+                locked.config_digest, rebuilt.config_digest
+            ),
+        };
+    }
+    Difference {
+        kind: "field",
+        name: "image.manifest_digest".into(),
+        detail: format!(
+            "image.manifest_digest: the lockfile says {}, the rebuild gives {} (same layers and config)",
+            locked.manifest_digest, rebuilt.manifest_digest
+        ),
+    }
+}
+
 /// One line per layer (by name) or config that differs, and, when the
 /// locked layer is still in the blob store, one line per file that differs.
 fn diff_images(locked: &LockedImage, rebuilt: &LockedImage, store: &BlobStore) -> Vec<String> {
@@ -805,4 +921,60 @@ fn diff_images(locked: &LockedImage, rebuilt: &LockedImage, store: &BlobStore) -
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_line_names_its_input_or_field() {
+        let d = Difference::of_problem(
+            "input `skill:greet` (agents/hello/skills/greet) changed: lockfile a, now b",
+        );
+        assert_eq!((d.kind, d.name.as_str()), ("input", "skill:greet"));
+        let d =
+            Difference::of_problem("fetch:/usr/bin/x: https://e/x is not pinned in the lockfile");
+        assert_eq!((d.kind, d.name.as_str()), ("input", "fetch:/usr/bin/x"));
+        let d = Difference::of_problem("policy: the lockfile's policy is not the manifest's");
+        assert_eq!((d.kind, d.name.as_str()), ("field", "policy"));
+        let d = Difference::of_problem("inputs_hash: the lockfile says a, the inputs give b");
+        assert_eq!((d.kind, d.name.as_str()), ("field", "inputs_hash"));
+    }
+
+    #[test]
+    fn the_lowest_differing_layer_is_named() {
+        let layer = |name: &str, d: char| LockedLayer {
+            name: name.into(),
+            digest: format!("sha256:{}", d.to_string().repeat(64)),
+            diff_id: String::new(),
+            size: 1,
+        };
+        let image = |layers| LockedImage {
+            repository: "bottle/a".into(),
+            manifest_digest: String::new(),
+            config_digest: "c".into(),
+            layers,
+        };
+        let a = image(vec![
+            layer("tools", '1'),
+            layer("skill:s", '2'),
+            layer("config", '3'),
+        ]);
+        let b = image(vec![
+            layer("tools", '1'),
+            layer("skill:s", '4'),
+            layer("config", '5'),
+        ]);
+        let d = first_layer_difference(&a, &b);
+        assert_eq!((d.kind, d.name.as_str()), ("layer", "skill:s"));
+        let d = first_layer_difference(&a, &a);
+        assert_eq!(
+            (d.kind, d.name.as_str()),
+            ("field", "image.manifest_digest")
+        );
+        let mut c = a.clone();
+        c.config_digest = "other".into();
+        assert_eq!(first_layer_difference(&a, &c).kind, "config");
+    }
 }
